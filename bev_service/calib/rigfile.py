@@ -1,0 +1,322 @@
+"""The rig file: YAML, validated with pydantic, compiled to a ``geometry.rig.Rig``.
+
+Every problem becomes a ``CalibrationError`` naming the camera and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bev_service.errors import CalibrationError
+from bev_service.geometry import cameras as cm
+from bev_service.geometry.grid import BevGrid, EgoBox
+from bev_service.geometry.rig import Camera, GroundHomography, Rig
+from bev_service.geometry.transforms import check_rotation, quaternion_from_rotation, rigid, rotation_from_quaternion
+
+Range = tuple[float, float]
+Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+Row4 = tuple[float, float, float, float]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FisheyeModel(_Strict):
+    type: Literal["fisheye"]
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    k: tuple[float, float, float, float] = Field(description="Kannala-Brandt k1..k4 (OpenCV fisheye)")
+    max_angle_deg: float | None = Field(default=None, gt=0, le=180)
+
+
+class PinholeModel(_Strict):
+    type: Literal["pinhole"]
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    dist: list[float] = Field(default_factory=list, max_length=5, description="OpenCV k1, k2, p1, p2[, k3]")
+
+
+class MeiModel(_Strict):
+    type: Literal["mei"]
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    xi: float = Field(ge=0)
+    dist: list[float] = Field(default_factory=list, max_length=5, description="k1, k2, p1, p2[, k3]")
+
+
+class OcamModel(_Strict):
+    type: Literal["ocam"]
+    inverse_poly: list[float] = Field(min_length=2, description="rho(theta), ascending powers")
+    center_xy: tuple[float, float]
+    affine_cde: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    max_angle_deg: float | None = Field(default=None, gt=0, le=180)
+
+
+ModelSpec = Annotated[FisheyeModel | PinholeModel | MeiModel | OcamModel, Field(discriminator="type")]
+
+
+class PoseSpec(_Strict):
+    """``matrix`` (4x4), or ``quaternion_wxyz`` with ``translation_m``."""
+
+    matrix: tuple[Row4, Row4, Row4, Row4] | None = None
+    quaternion_wxyz: tuple[float, float, float, float] | None = None
+    translation_m: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PoseSpec:
+        if (self.matrix is None) == (self.quaternion_wxyz is None or self.translation_m is None):
+            raise ValueError("give either 'matrix' (4x4) or both 'quaternion_wxyz' and 'translation_m'")
+        return self
+
+
+class HomographySpec(_Strict):
+    ground_from_image: Matrix3 = Field(description="undistorted image pixels to vehicle ground (x, y) in metres")
+    undistorted_k: Matrix3 = Field(description="intrinsic matrix of the undistorted image")
+
+
+class CameraSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    image_size_hw: tuple[int, int]
+    model: ModelSpec
+    vehicle_from_camera: PoseSpec | None = None
+    ground_homography: HomographySpec | None = None
+
+    @model_validator(mode="after")
+    def _one_tie(self) -> CameraSpec:
+        if (self.vehicle_from_camera is None) == (self.ground_homography is None):
+            raise ValueError("give exactly one of 'vehicle_from_camera' and 'ground_homography'")
+        return self
+
+
+class GridSpec(_Strict):
+    x_range_m: Range
+    y_range_m: Range
+    cell_size_m: float
+
+
+class EgoSpec(_Strict):
+    x_range_m: Range
+    y_range_m: Range
+
+
+class VehicleFrameSpec(_Strict):
+    origin: str = "centre of the vehicle footprint on the ground"
+
+
+class RigSpec(_Strict):
+    rig_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    version: str = "1"
+    description: str = ""
+    vehicle_frame: VehicleFrameSpec = VehicleFrameSpec()
+    grid: GridSpec
+    ego: EgoSpec
+    cameras: list[CameraSpec] = Field(min_length=1)
+
+
+# --- spec -> geometry -----------------------------------------------------------------------
+
+
+def _camera_model(spec: CameraSpec) -> cm.CameraModel:
+    m = spec.model
+    size = spec.image_size_hw
+    if isinstance(m, FisheyeModel):
+        return cm.FisheyeCamera(cm.Intrinsics(m.fx, m.fy, m.cx, m.cy), size, m.k, m.max_angle_deg)
+    if isinstance(m, PinholeModel):
+        return cm.PinholeCamera(cm.Intrinsics(m.fx, m.fy, m.cx, m.cy), size, cm.RadTan(*m.dist))
+    if isinstance(m, MeiModel):
+        return cm.MeiCamera(cm.Intrinsics(m.fx, m.fy, m.cx, m.cy), size, m.xi, cm.RadTan(*m.dist))
+    return cm.OcamCamera(size, tuple(m.inverse_poly), m.center_xy, m.affine_cde, m.max_angle_deg)
+
+
+def _pose(spec: PoseSpec, camera: str) -> np.ndarray:
+    if spec.matrix is not None:
+        m = np.asarray(spec.matrix, dtype=np.float64)
+        if not np.allclose(m[3], [0, 0, 0, 1]):
+            raise CalibrationError(
+                f"last row must be [0, 0, 0, 1], got {m[3].tolist()}", camera=camera, field="vehicle_from_camera.matrix"
+            )
+        problem = check_rotation(m[:3, :3])
+        if problem:
+            raise CalibrationError(problem, camera=camera, field="vehicle_from_camera.matrix")
+        return m
+    assert spec.quaternion_wxyz is not None and spec.translation_m is not None
+    try:
+        return rigid(rotation_from_quaternion(spec.quaternion_wxyz), spec.translation_m)
+    except ValueError as exc:
+        raise CalibrationError(str(exc), camera=camera, field="vehicle_from_camera.quaternion_wxyz") from exc
+
+
+def _camera(spec: CameraSpec) -> Camera:
+    try:
+        model = _camera_model(spec)
+    except ValueError as exc:
+        raise CalibrationError(str(exc), camera=spec.name, field="model") from exc
+    if spec.vehicle_from_camera is not None:
+        return Camera(spec.name, model, vehicle_from_camera=_pose(spec.vehicle_from_camera, spec.name))
+    assert spec.ground_homography is not None
+    try:
+        hom = GroundHomography(
+            np.asarray(spec.ground_homography.ground_from_image, dtype=np.float64),
+            np.asarray(spec.ground_homography.undistorted_k, dtype=np.float64),
+        )
+    except ValueError as exc:
+        raise CalibrationError(str(exc), camera=spec.name, field="ground_homography") from exc
+    return Camera(spec.name, model, ground_homography=hom)
+
+
+def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
+    try:
+        grid = BevGrid(spec.grid.x_range_m, spec.grid.y_range_m, spec.grid.cell_size_m)
+    except ValueError as exc:
+        raise CalibrationError(str(exc), field="grid") from exc
+    try:
+        ego = EgoBox(spec.ego.x_range_m, spec.ego.y_range_m)
+    except ValueError as exc:
+        raise CalibrationError(str(exc), field="ego") from exc
+    names = [c.name for c in spec.cameras]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise CalibrationError(f"camera names must be unique, repeated: {duplicates}", field="cameras")
+    rig = Rig(
+        spec.rig_id, spec.version, tuple(_camera(c) for c in spec.cameras), grid, ego, spec.vehicle_frame.origin, source_text
+    )
+    check_ground_coverage(rig)
+    return rig
+
+
+def check_ground_coverage(rig: Rig, stride: int = 4) -> None:
+    """Raise CalibrationError for a camera that sees no ground cell of the grid (checked on every
+    ``stride``-th cell: a camera seeing only a sliver narrower than that is a broken rig anyway)."""
+    centres = rig.grid.cell_centres()[::stride, ::stride]
+    outside_ego = ~rig.ego.contains(centres)
+    for cam in rig.cameras:
+        _, seen = cam.pixel_from_ground(centres)
+        if not (seen & outside_ego).any():
+            field = "ground_homography" if cam.ground_homography is not None else "vehicle_from_camera"
+            raise CalibrationError(
+                "sees no ground inside the BEV grid (check its pose and the grid ranges)", camera=cam.name, field=field
+            )
+
+
+# --- YAML in and out ------------------------------------------------------------------------
+
+
+def _location(spec_data: Any, loc: tuple[int | str, ...]) -> tuple[str | None, str]:
+    """Turn a pydantic error location into (camera name, dotted field path)."""
+    camera = None
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "cameras" and isinstance(parts[1], int):
+        index = parts[1]
+        cams = spec_data.get("cameras") if isinstance(spec_data, dict) else None
+        entry = cams[index] if isinstance(cams, list) and index < len(cams) else None
+        camera = str(entry.get("name")) if isinstance(entry, dict) and entry.get("name") else f"#{index}"
+        parts = parts[2:]
+    # Drop the discriminator tag pydantic inserts for tagged unions (e.g. model.fisheye.fx).
+    if len(parts) >= 2 and parts[0] == "model" and parts[1] in ("fisheye", "pinhole", "mei", "ocam"):
+        parts = [parts[0], *parts[2:]]
+    return camera, ".".join(str(p) for p in parts) or "(root)"
+
+
+def rig_from_dict(data: Any, source_text: str = "") -> Rig:
+    try:
+        spec = RigSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        camera, field = _location(data, first["loc"])
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise CalibrationError(f"{first['msg']}{more}", camera=camera, field=field) from exc
+    return rig_from_spec(spec, source_text)
+
+
+def rig_from_yaml(text: str) -> Rig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CalibrationError(f"a rig file must be a YAML mapping, got {type(data).__name__}")
+    return rig_from_dict(data, text)
+
+
+def load_rig(path: str | Path) -> Rig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CalibrationError(f"cannot read rig file {path}: {exc.strerror}") from exc
+    return rig_from_yaml(text)
+
+
+def spec_from_rig(rig: Rig, description: str = "") -> RigSpec:
+    """The file form of a rig (poses as quaternion + translation)."""
+    cams = []
+    for cam in rig.cameras:
+        entry: dict[str, Any] = {"name": cam.name, "image_size_hw": list(cam.image_size_hw), "model": _model_dict(cam.model)}
+        if cam.vehicle_from_camera is not None:
+            entry["vehicle_from_camera"] = {
+                "quaternion_wxyz": quaternion_from_rotation(cam.vehicle_from_camera[:3, :3]).tolist(),
+                "translation_m": cam.vehicle_from_camera[:3, 3].tolist(),
+            }
+        else:
+            assert cam.ground_homography is not None
+            entry["ground_homography"] = {
+                "ground_from_image": cam.ground_homography.ground_from_image.tolist(),
+                "undistorted_k": cam.ground_homography.undistorted_k.tolist(),
+            }
+        cams.append(entry)
+    return RigSpec.model_validate(
+        {
+            "rig_id": rig.rig_id,
+            "version": rig.version,
+            "description": description,
+            "vehicle_frame": {"origin": rig.origin_note},
+            "grid": {"x_range_m": rig.grid.x_range_m, "y_range_m": rig.grid.y_range_m, "cell_size_m": rig.grid.cell_size_m},
+            "ego": {"x_range_m": rig.ego.x_range_m, "y_range_m": rig.ego.y_range_m},
+            "cameras": cams,
+        }
+    )
+
+
+def _model_dict(model: cm.CameraModel) -> dict[str, Any]:
+    if isinstance(model, cm.OcamCamera):
+        return {
+            "type": "ocam",
+            "inverse_poly": list(model.inverse_poly),
+            "center_xy": list(model.center_xy),
+            "affine_cde": list(model.affine_cde),
+            "max_angle_deg": model.max_angle_deg,
+        }
+    assert isinstance(model, (cm.FisheyeCamera, cm.PinholeCamera, cm.MeiCamera))
+    k = model.intrinsics
+    base: dict[str, Any] = {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
+    if isinstance(model, cm.FisheyeCamera):
+        return {"type": "fisheye", **base, "k": list(model.k), "max_angle_deg": model.max_angle_deg}
+    d = model.distortion
+    dist = [d.k1, d.k2, d.p1, d.p2, d.k3]
+    if isinstance(model, cm.PinholeCamera):
+        return {"type": "pinhole", **base, "dist": dist}
+    return {"type": "mei", **base, "xi": model.xi, "dist": dist}
+
+
+def rig_to_yaml(rig: Rig, description: str = "") -> str:
+    data = spec_from_rig(rig, description).model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+
+
+def save_rig(rig: Rig, path: str | Path, description: str = "") -> None:
+    """Write atomically: a reader never sees a half-written rig file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(rig_to_yaml(rig, description), encoding="utf-8")
+    tmp.replace(target)

@@ -1,0 +1,154 @@
+"""A calibrated surround-view rig: cameras with their models and their tie to the ground.
+
+A camera is tied to the ground either by its pose ``vehicle_from_camera`` or by a ground homography
+from its undistorted image to the vehicle's ground plane. Both answer the one question the projector
+asks: which pixel of the camera's (distorted, calibrated-resolution) image sees a ground point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from bev_service.geometry.cameras import BoolArray, CameraModel, FloatArray
+from bev_service.geometry.grid import BevGrid, EgoBox
+from bev_service.geometry.transforms import apply_homography, apply_rigid, invert_rigid
+
+
+@dataclass(frozen=True)
+class GroundHomography:
+    """``ground_from_image`` maps undistorted-image pixels to vehicle-frame ground (x, y) in metres;
+    the undistorted image is the pinhole view with intrinsic matrix ``undistorted_k``."""
+
+    ground_from_image: FloatArray
+    undistorted_k: FloatArray
+
+    def __post_init__(self) -> None:
+        h = np.asarray(self.ground_from_image, dtype=np.float64)
+        k = np.asarray(self.undistorted_k, dtype=np.float64)
+        if h.shape != (3, 3) or not np.isfinite(h).all():
+            raise ValueError(f"ground_from_image must be a finite 3x3 matrix, got shape {h.shape}")
+        if abs(np.linalg.det(h)) < 1e-12 * max(1.0, float(np.abs(h).max()) ** 3):
+            raise ValueError("ground_from_image is not invertible (determinant ~ 0)")
+        if k.shape != (3, 3) or not (k[0, 0] > 0 and k[1, 1] > 0):
+            raise ValueError("undistorted_k must be a 3x3 intrinsic matrix with positive focal lengths")
+        # A homography is defined up to scale, sign included. Fix the sign so that a ray 45 degrees
+        # below the optical axis (which sees the ground on any surround-view camera) has w > 0.
+        below_axis = k @ np.array([0.0, 1.0, 1.0])
+        if (h @ below_axis)[2] < 0:
+            h = -h
+        object.__setattr__(self, "ground_from_image", h)
+        object.__setattr__(self, "undistorted_k", k)
+
+    @cached_property
+    def image_from_ground(self) -> FloatArray:
+        return np.asarray(np.linalg.inv(self.ground_from_image))
+
+    @cached_property
+    def k_inverse(self) -> FloatArray:
+        return np.asarray(np.linalg.inv(self.undistorted_k))
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera of a rig."""
+
+    name: str
+    model: CameraModel
+    vehicle_from_camera: FloatArray | None = None
+    ground_homography: GroundHomography | None = None
+
+    def __post_init__(self) -> None:
+        if (self.vehicle_from_camera is None) == (self.ground_homography is None):
+            raise ValueError(f"camera {self.name!r}: give exactly one of vehicle_from_camera and ground_homography")
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        return self.model.image_size_hw
+
+    @cached_property
+    def camera_from_vehicle(self) -> FloatArray:
+        assert self.vehicle_from_camera is not None
+        return invert_rigid(self.vehicle_from_camera)
+
+    def model_pixel_from_ground(self, ground_xy: ArrayLike) -> tuple[FloatArray, BoolArray]:
+        """The camera model's pixels (..., 2) for ground points (..., 2) on z = 0 of the vehicle
+        frame, and whether the model answers (in front of the lens, inside its range); pixels may
+        lie outside the image."""
+        xy = np.asarray(ground_xy, dtype=np.float64)
+        if self.ground_homography is None:
+            points_vehicle = np.concatenate([xy, np.zeros_like(xy[..., :1])], axis=-1)
+            return self.model.project(apply_rigid(self.camera_from_vehicle, points_vehicle))
+        hom = self.ground_homography
+        undistorted_uv, w = apply_homography(hom.image_from_ground, xy)
+        rays = np.concatenate([undistorted_uv, np.ones_like(w)[..., None]], axis=-1) @ hom.k_inverse.T
+        uv, valid = self.model.project(rays)
+        valid = valid & (w > 0)
+        return np.where(valid[..., None], uv, np.nan), valid
+
+    def pixel_from_ground(self, ground_xy: ArrayLike) -> tuple[FloatArray, BoolArray]:
+        """As ``model_pixel_from_ground``, and valid only where the pixel lies inside the image."""
+        uv, valid = self.model_pixel_from_ground(ground_xy)
+        height, width = self.image_size_hw
+        with np.errstate(invalid="ignore"):
+            inside = (uv[..., 0] >= -0.5) & (uv[..., 0] < width - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] < height - 0.5)
+        valid = valid & inside
+        return np.where(valid[..., None], uv, np.nan), valid
+
+
+@dataclass(frozen=True)
+class Rig:
+    """Cameras, BEV grid and ego footprint of one vehicle."""
+
+    rig_id: str
+    version: str
+    cameras: tuple[Camera, ...]
+    grid: BevGrid
+    ego: EgoBox
+    origin_note: str = "centre of the vehicle footprint on the ground"
+    source_text: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.cameras]
+        if not names:
+            raise ValueError("a rig needs at least one camera")
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique, got {names}")
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    def camera(self, name: str) -> Camera:
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(f"rig {self.rig_id!r} has no camera {name!r}; cameras: {', '.join(self.camera_names)}")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of everything the lookup tables depend on (cache key)."""
+        digest = hashlib.sha256(repr((self.grid, self.ego)).encode())
+        for cam in self.cameras:
+            digest.update(repr((cam.name, cam.model)).encode())
+            hom = cam.ground_homography
+            matrices = [cam.vehicle_from_camera] if hom is None else [hom.ground_from_image, hom.undistorted_k]
+            for m in matrices:
+                digest.update(np.asarray(m, dtype=np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def ground_density(camera: Camera, ground_xy: FloatArray, step_m: float) -> NDArray[np.float64]:
+    """Pixels per square metre of ground the camera spends around each point (|det| of the
+    ground-to-pixel Jacobian, by central differences); 0 where the camera does not see the point.
+    Its inverse is the ground footprint of one pixel: the denser, the better the camera sees it."""
+    _, valid = camera.pixel_from_ground(ground_xy)
+    dx, dy = np.array([step_m, 0.0]), np.array([0.0, step_m])
+    ux = (camera.model_pixel_from_ground(ground_xy + dx)[0] - camera.model_pixel_from_ground(ground_xy - dx)[0]) / (2 * step_m)
+    uy = (camera.model_pixel_from_ground(ground_xy + dy)[0] - camera.model_pixel_from_ground(ground_xy - dy)[0]) / (2 * step_m)
+    det = np.abs(ux[..., 0] * uy[..., 1] - ux[..., 1] * uy[..., 0])
+    return np.where(valid & np.isfinite(det), det, 0.0)
