@@ -104,7 +104,7 @@ def check_input_size(tables: GroundTables, input_size_hw: tuple[int, int]) -> No
     h, w = input_size_hw
     if h <= 0 or w <= 0:
         raise ValueError(f"input size must be positive (height, width), got {input_size_hw}")
-    for name, (ch, cw) in zip(tables.camera_names, tables.image_sizes_hw):
+    for name, (ch, cw) in zip(tables.camera_names, tables.image_sizes_hw, strict=True):
         if abs(h * cw / ch - w) > 0.5:
             raise ValueError(f"camera {name!r}: input {w}x{h} (w x h) does not keep the calibrated aspect ratio of {cw}x{ch}")
 

@@ -1,0 +1,27 @@
+"""Shared fixtures: paths to the repository, the default rig and the real recordings of others."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RIG = REPO / "calibration" / "default_rig.yaml"
+REAL_DATA = Path(os.environ.get("BEV_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real surround-view recordings (../shared/data/real); tests skip without it."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data folder {REAL_DATA} is absent (set BEV_REAL_DATA to point at it)")
+    return REAL_DATA
+
+
+def real_folder(real_data: Path, name: str) -> Path:
+    folder = real_data / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent from the real data folder")
+    return folder
