@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bev_service.cli import calib_import, calib_tools, project
+from bev_service.cli import calib_import, calib_tools, model, project, synth
 from bev_service.errors import BevError
 
 
@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     project.register(commands)
+    synth.register(commands)
+    model.register(commands)
     calib = commands.add_parser("calib", help="calibration: import rigs, intrinsics, homographies, checks")
     calib_commands = calib.add_subparsers(dest="calib_command", required=True, metavar="CALIB_COMMAND")
     calib_import.register(calib_commands)
