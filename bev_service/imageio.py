@@ -1,12 +1,15 @@
-"""Image files and bytes in and out (PNG/JPEG through OpenCV's codecs), with clear FrameErrors."""
+"""Image files and bytes in and out (PNG/JPEG through OpenCV's codecs, label maps through Pillow), with
+clear FrameErrors."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from bev_service.errors import FrameError
 
@@ -22,15 +25,27 @@ def decode_image(data: bytes, *, name: str = "image") -> NDArray[np.uint8]:
 
 
 def decode_labels(data: bytes, *, name: str = "labels") -> NDArray[np.uint8]:
-    """A single-channel 8-bit PNG of class ids to an (h, w) uint8 array (no colour conversion)."""
+    """A single-channel 8-bit image of class ids (grey, or palette: its indices are the ids; PNG or
+    another lossless format) to an (h, w) uint8 array. Read with Pillow, not OpenCV: OpenCV
+    expands a palette PNG to colours and so loses the ids."""
     if not data:
         raise FrameError(f"{name}: empty label map")
-    labels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise FrameError(f"{name}: cannot decode label map ({len(data)} bytes; expected an 8-bit PNG)")
-    if labels.dtype != np.uint8 or labels.ndim != 2:
-        raise FrameError(f"{name}: a label map must be single-channel 8-bit, got {labels.dtype} with shape {labels.shape}")
-    return np.asarray(labels, dtype=np.uint8)
+    try:
+        # verify() checks every chunk's checksum and that the file is whole; it uses up the
+        # file object, so the pixels come from a second open.
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode, fmt = image.mode, image.format
+            labels = np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise FrameError(f"{name}: cannot decode label map ({len(data)} bytes; expected an 8-bit PNG): {exc}") from exc
+    if fmt == "JPEG":
+        raise FrameError(f"{name}: a label map must be lossless (PNG); JPEG changes class ids at edges")
+    if mode not in ("L", "P"):
+        raise FrameError(f"{name}: a label map must be single-channel 8-bit (grey or palette), got mode {mode!r}")
+    return np.ascontiguousarray(labels, dtype=np.uint8)
 
 
 def _read(path: str | Path) -> bytes:

@@ -82,6 +82,8 @@ class BevProjector:
         each cell reads the covering camera that is most confident there.
         """
         size = self._check_batch(tuple(labels.shape), trailing=0)
+        if confidence is not None and tuple(confidence.shape) != tuple(labels.shape):
+            raise ValueError(f"confidence must have the labels' shape {tuple(labels.shape)}, got {tuple(confidence.shape)}")
         if isinstance(labels, np.ndarray):
             return self._warp_labels_numpy(labels, confidence, self.label_table(size))
         return self._warp_labels_torch(labels, confidence, size)

@@ -5,18 +5,20 @@ Every problem becomes a ``CalibrationError`` naming the camera and the field.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from bev_service.errors import CalibrationError
 from bev_service.geometry import cameras as cm
 from bev_service.geometry.grid import BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
-from bev_service.geometry.transforms import check_rotation, quaternion_from_rotation, rigid, rotation_from_quaternion
+from bev_service.geometry.transforms import check_rotation, rigid, rotation_from_quaternion
 
 Range = tuple[float, float]
 Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
@@ -24,13 +26,13 @@ Row4 = tuple[float, float, float, float]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FisheyeModel(_Strict):
     type: Literal["fisheye"]
-    fx: float
-    fy: float
+    fx: PositiveFloat
+    fy: PositiveFloat
     cx: float
     cy: float
     k: tuple[float, float, float, float] = Field(description="Kannala-Brandt k1..k4 (OpenCV fisheye)")
@@ -39,8 +41,8 @@ class FisheyeModel(_Strict):
 
 class PinholeModel(_Strict):
     type: Literal["pinhole"]
-    fx: float
-    fy: float
+    fx: PositiveFloat
+    fy: PositiveFloat
     cx: float
     cy: float
     dist: list[float] = Field(default_factory=list, max_length=5, description="OpenCV k1, k2, p1, p2[, k3]")
@@ -48,8 +50,8 @@ class PinholeModel(_Strict):
 
 class MeiModel(_Strict):
     type: Literal["mei"]
-    fx: float
-    fy: float
+    fx: PositiveFloat
+    fy: PositiveFloat
     cx: float
     cy: float
     xi: float = Field(ge=0)
@@ -88,7 +90,7 @@ class HomographySpec(_Strict):
 
 class CameraSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    image_size_hw: tuple[int, int]
+    image_size_hw: tuple[PositiveInt, PositiveInt]
     model: ModelSpec
     vehicle_from_camera: PoseSpec | None = None
     ground_homography: HomographySpec | None = None
@@ -103,7 +105,7 @@ class CameraSpec(_Strict):
 class GridSpec(_Strict):
     x_range_m: Range
     y_range_m: Range
-    cell_size_m: float
+    cell_size_m: PositiveFloat
 
 
 class EgoSpec(_Strict):
@@ -140,22 +142,34 @@ def _camera_model(spec: CameraSpec) -> cm.CameraModel:
     return cm.OcamCamera(size, tuple(m.inverse_poly), m.center_xy, m.affine_cde, m.max_angle_deg)
 
 
+# A stored quaternion is rounded, never off by more than this from unit norm; a larger error is a
+# mistake (a scaled or hand-edited quaternion), not something to normalise away silently.
+_QUATERNION_NORM_TOL = 1e-3
+
+
 def _pose(spec: PoseSpec, camera: str) -> np.ndarray:
     if spec.matrix is not None:
+        field = "vehicle_from_camera.matrix"
         m = np.asarray(spec.matrix, dtype=np.float64)
         if not np.allclose(m[3], [0, 0, 0, 1]):
-            raise CalibrationError(
-                f"last row must be [0, 0, 0, 1], got {m[3].tolist()}", camera=camera, field="vehicle_from_camera.matrix"
-            )
+            raise CalibrationError(f"last row must be [0, 0, 0, 1], got {m[3].tolist()}", camera=camera, field=field)
         problem = check_rotation(m[:3, :3])
         if problem:
-            raise CalibrationError(problem, camera=camera, field="vehicle_from_camera.matrix")
-        return m
-    assert spec.quaternion_wxyz is not None and spec.translation_m is not None
-    try:
-        return rigid(rotation_from_quaternion(spec.quaternion_wxyz), spec.translation_m)
-    except ValueError as exc:
-        raise CalibrationError(str(exc), camera=camera, field="vehicle_from_camera.quaternion_wxyz") from exc
+            raise CalibrationError(problem, camera=camera, field=field)
+    else:
+        assert spec.quaternion_wxyz is not None and spec.translation_m is not None
+        field = "vehicle_from_camera.quaternion_wxyz"
+        norm = float(np.linalg.norm(spec.quaternion_wxyz))
+        if abs(norm - 1) > _QUATERNION_NORM_TOL:
+            raise CalibrationError(f"expected a unit quaternion (w, x, y, z), got norm {norm:.6g}", camera=camera, field=field)
+        m = rigid(rotation_from_quaternion(spec.quaternion_wxyz), spec.translation_m)
+    if not m[2, 3] > 0:
+        raise CalibrationError(
+            f"the camera must be above the ground (z > 0 in the vehicle frame), got z = {m[2, 3]:g} m",
+            camera=camera,
+            field="vehicle_from_camera",
+        )
+    return m
 
 
 def _camera(spec: CameraSpec) -> Camera:
@@ -188,7 +202,9 @@ def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
     names = [c.name for c in spec.cameras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise CalibrationError(f"camera names must be unique, repeated: {duplicates}", field="cameras")
+        raise CalibrationError(
+            f"camera names must be unique; {duplicates[0]!r} is used twice", camera=duplicates[0], field="name"
+        )
     rig = Rig(
         spec.rig_id, spec.version, tuple(_camera(c) for c in spec.cameras), grid, ego, spec.vehicle_frame.origin, source_text
     )
@@ -226,7 +242,7 @@ def _location(spec_data: Any, loc: tuple[int | str, ...]) -> tuple[str | None, s
     # Drop the discriminator tag pydantic inserts for tagged unions (e.g. model.fisheye.fx).
     if len(parts) >= 2 and parts[0] == "model" and parts[1] in ("fisheye", "pinhole", "mei", "ocam"):
         parts = [parts[0], *parts[2:]]
-    return camera, ".".join(str(p) for p in parts) or "(root)"
+    return camera, ".".join(str(p) for p in parts) or ("(camera)" if camera else "(root)")
 
 
 def rig_from_dict(data: Any, source_text: str = "") -> Rig:
@@ -255,19 +271,20 @@ def load_rig(path: str | Path) -> Rig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CalibrationError(f"cannot read rig file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"cannot read rig file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return rig_from_yaml(text)
 
 
 def spec_from_rig(rig: Rig, description: str = "") -> RigSpec:
-    """The file form of a rig (poses as quaternion + translation)."""
+    """The file form of a rig. Poses are written as 4x4 matrices: a quaternion would be rebuilt
+    into a rotation that differs in the last bits, so saving and loading would change the tables'
+    fingerprint (the cache key)."""
     cams = []
     for cam in rig.cameras:
         entry: dict[str, Any] = {"name": cam.name, "image_size_hw": list(cam.image_size_hw), "model": _model_dict(cam.model)}
         if cam.vehicle_from_camera is not None:
-            entry["vehicle_from_camera"] = {
-                "quaternion_wxyz": quaternion_from_rotation(cam.vehicle_from_camera[:3, :3]).tolist(),
-                "translation_m": cam.vehicle_from_camera[:3, 3].tolist(),
-            }
+            entry["vehicle_from_camera"] = {"matrix": np.asarray(cam.vehicle_from_camera, dtype=np.float64).tolist()}
         else:
             assert cam.ground_homography is not None
             entry["ground_homography"] = {
@@ -315,8 +332,21 @@ def rig_to_yaml(rig: Rig, description: str = "") -> str:
 
 
 def save_rig(rig: Rig, path: str | Path, description: str = "") -> None:
-    """Write atomically: a reader never sees a half-written rig file."""
+    """Write atomically: a reader sees the old file or the whole new one, never a part, and a
+    failed write leaves the old file as it was."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(rig_to_yaml(rig, description), encoding="utf-8")
-    tmp.replace(target)
+    text = rig_to_yaml(rig, description)
+    # mkstemp makes the file private (0600); a rig file keeps the old file's mode, or 0644.
+    mode = target.stat().st_mode & 0o777 if target.is_file() else 0o644
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -33,6 +33,10 @@ BoolArray = NDArray[np.bool_]
 
 _NEWTON_STEPS = 30
 _TINY = 1e-12
+# Residual (normalised image units) below which an undistorted point counts as converged.
+_UNDISTORT_TOL = 1e-10
+# Largest |rho| (px) an OCam polynomial may give on the optical axis (fitted ones give ~0.01 px).
+_OCAM_AXIS_TOL_PX = 1.0
 
 
 @runtime_checkable
@@ -47,11 +51,16 @@ class CameraModel(Protocol):
     def unproject(self, pixels: ArrayLike) -> tuple[FloatArray, BoolArray]: ...
 
 
-def _as_points(points: ArrayLike, last: int) -> FloatArray:
+def _as_points(points: ArrayLike, last: int) -> tuple[FloatArray, BoolArray]:
+    """A float64 copy of ``points`` (..., last) and where it is finite. Non-finite entries are
+    replaced by a harmless point (the optical axis, pixel (0, 0)) so that the models compute
+    without floating-point warnings; the caller marks them invalid."""
     arr = np.asarray(points, dtype=np.float64)
     if arr.shape[-1:] != (last,):
         raise ValueError(f"expected an array of shape (..., {last}), got {arr.shape}")
-    return arr
+    finite = np.asarray(np.isfinite(arr).all(axis=-1))
+    placeholder = np.array([0.0, 0.0, 1.0] if last == 3 else [0.0] * last)
+    return np.where(finite[..., None], arr, placeholder), finite
 
 
 def _first_fold(slope_coeffs: FloatArray, upper: float) -> float:
@@ -64,6 +73,12 @@ def _first_fold(slope_coeffs: FloatArray, upper: float) -> float:
 
 def _with_invalid(values: FloatArray, valid: BoolArray) -> FloatArray:
     return np.where(valid[..., None], values, np.nan)
+
+
+def _unit_direction(xy: FloatArray, r: FloatArray) -> FloatArray:
+    """xy / r, and (0, 0) on the optical axis. Dividing by r itself (never by a clamped r) keeps
+    it exact however close to the axis: the image radius is then set by the angle alone."""
+    return xy / np.where(r > 0, r, 1.0)[..., None]
 
 
 # --- radial-tangential distortion (shared by pinhole and Mei) ---------------------------------
@@ -107,21 +122,26 @@ class RadTan:
 
     def undistort(self, xy_distorted: FloatArray) -> FloatArray:
         """Invert ``distort``: start from the inverse of the radial part (table lookup on its
-        monotonic range), then Newton steps on the full model (quadratic convergence)."""
+        monotonic range), then Newton steps on the full model (quadratic convergence). NaN where
+        Newton does not converge: a distorted point beyond the fold has no preimage, and the
+        iterate would otherwise stop anywhere and pass for an answer."""
         r_d = np.hypot(xy_distorted[..., 0], xy_distorted[..., 1])
         table_r = np.linspace(0.0, self.max_radius, 4097)
         table_rd = table_r * (1 + table_r**2 * (self.k1 + table_r**2 * (self.k2 + table_r**2 * self.k3)))
         r = np.interp(r_d, table_rd, table_r)
         xy = xy_distorted * np.where(r_d > _TINY, r / np.where(r_d > _TINY, r_d, 1.0), 1.0)[..., None]
-        for _ in range(_NEWTON_STEPS):
-            residual = self.distort(xy) - xy_distorted
-            a, b, c, d = self._jacobian(xy)
-            det = a * d - b * c
-            det = np.where(np.abs(det) < _TINY, _TINY, det)
-            step_x = (d * residual[..., 0] - b * residual[..., 1]) / det
-            step_y = (a * residual[..., 1] - c * residual[..., 0]) / det
-            xy = xy - np.stack([step_x, step_y], axis=-1)
-        return xy
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(_NEWTON_STEPS):
+                residual = self.distort(xy) - xy_distorted
+                a, b, c, d = self._jacobian(xy)
+                det = a * d - b * c
+                det = np.where(np.abs(det) < _TINY, _TINY, det)
+                step_x = (d * residual[..., 0] - b * residual[..., 1]) / det
+                step_y = (a * residual[..., 1] - c * residual[..., 0]) / det
+                xy = xy - np.stack([step_x, step_y], axis=-1)
+            error = np.abs(self.distort(xy) - xy_distorted).max(axis=-1)
+            converged = error <= _UNDISTORT_TOL * np.maximum(1.0, r_d)
+        return _with_invalid(xy, converged)
 
     def within_range(self, xy: FloatArray) -> BoolArray:
         r = np.hypot(xy[..., 0], xy[..., 1])
@@ -151,12 +171,16 @@ class Intrinsics:
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
 
 
-def _check_intrinsics(k: Intrinsics, image_size_hw: tuple[int, int]) -> None:
-    if not (k.fx > 0 and k.fy > 0):
-        raise ValueError(f"focal lengths must be positive, got fx={k.fx}, fy={k.fy}")
+def _check_size(image_size_hw: tuple[int, int]) -> None:
     h, w = image_size_hw
     if not (h > 0 and w > 0):
         raise ValueError(f"image_size_hw must be positive (height, width), got {image_size_hw}")
+
+
+def _check_intrinsics(k: Intrinsics, image_size_hw: tuple[int, int]) -> None:
+    if not (k.fx > 0 and k.fy > 0):
+        raise ValueError(f"focal lengths must be positive, got fx={k.fx}, fy={k.fy}")
+    _check_size(image_size_hw)
 
 
 def _angle_limit(max_angle_deg: float | None) -> float:
@@ -178,19 +202,19 @@ class PinholeCamera:
         _check_intrinsics(self.intrinsics, self.image_size_hw)
 
     def project(self, points_cam: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        p = _as_points(points_cam, 3)
+        p, finite = _as_points(points_cam, 3)
         z = p[..., 2]
         in_front = z > _TINY
         safe_z = np.where(in_front, z, 1.0)
         xy = p[..., :2] / safe_z[..., None]
-        valid = in_front & self.distortion.within_range(xy) & np.isfinite(xy).all(axis=-1)
+        valid = finite & in_front & self.distortion.within_range(xy)
         uv = self.intrinsics.pixel_from_normalised(self.distortion.distort(xy))
         return _with_invalid(uv, valid), valid
 
     def unproject(self, pixels: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        uv = _as_points(pixels, 2)
+        uv, finite = _as_points(pixels, 2)
         xy = self.distortion.undistort(self.intrinsics.normalised_from_pixel(uv))
-        valid = self.distortion.within_range(xy) & np.isfinite(xy).all(axis=-1)
+        valid = finite & self.distortion.within_range(xy)
         rays = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1)
         rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
         return _with_invalid(rays, valid), valid
@@ -236,21 +260,19 @@ class FisheyeCamera:
         return 1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4)))
 
     def project(self, points_cam: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        p = _as_points(points_cam, 3)
+        p, finite = _as_points(points_cam, 3)
         r = np.hypot(p[..., 0], p[..., 1])
         theta = np.arctan2(r, p[..., 2])
-        valid = (theta <= self.max_angle) & np.isfinite(theta) & ((r > 0) | (p[..., 2] > 0))
-        # theta_d / r, with its limit 1/z on the optical axis
-        scale = np.where(r > _TINY, self._theta_d(theta) / np.where(r > _TINY, r, 1.0), 1.0 / np.where(r > _TINY, 1.0, p[..., 2]))
-        uv = self.intrinsics.pixel_from_normalised(p[..., :2] * scale[..., None])
+        valid = finite & (theta <= self.max_angle) & ((r > 0) | (p[..., 2] > 0))
+        uv = self.intrinsics.pixel_from_normalised(_unit_direction(p[..., :2], r) * self._theta_d(theta)[..., None])
         return _with_invalid(uv, valid), valid
 
     def unproject(self, pixels: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        uv = _as_points(pixels, 2)
+        uv, finite = _as_points(pixels, 2)
         xy = self.intrinsics.normalised_from_pixel(uv)
         theta_d = np.hypot(xy[..., 0], xy[..., 1])
         theta_d_max = float(self._theta_d(np.array(self.max_angle)))
-        valid = (theta_d <= theta_d_max) & np.isfinite(theta_d)
+        valid = finite & (theta_d <= theta_d_max)
         target = np.minimum(theta_d, theta_d_max)
         theta = _solve_monotonic(self._theta_d, self._dtheta_d, target, 0.0, self.max_angle)
         sin_over = np.where(theta_d > _TINY, np.sin(theta) / np.where(theta_d > _TINY, theta_d, 1.0), 1.0)
@@ -294,22 +316,22 @@ class MeiCamera:
         return -min(self.xi, 1.0 / self.xi) if self.xi > 0 else 0.0
 
     def project(self, points_cam: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        p = _as_points(points_cam, 3)
+        p, finite = _as_points(points_cam, 3)
         norm = np.linalg.norm(p, axis=-1)
         sphere = p / np.where(norm > _TINY, norm, 1.0)[..., None]
         denom = sphere[..., 2] + self.xi
-        valid = (norm > _TINY) & (sphere[..., 2] > self._min_sphere_z + 1e-9) & (denom > _TINY)
+        valid = finite & (norm > _TINY) & (sphere[..., 2] > self._min_sphere_z + 1e-9) & (denom > _TINY)
         xy = sphere[..., :2] / np.where(valid, denom, 1.0)[..., None]
         valid &= self.distortion.within_range(xy)
         uv = self.intrinsics.pixel_from_normalised(self.distortion.distort(xy))
         return _with_invalid(uv, valid), valid
 
     def unproject(self, pixels: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        uv = _as_points(pixels, 2)
+        uv, finite = _as_points(pixels, 2)
         xy = self.distortion.undistort(self.intrinsics.normalised_from_pixel(uv))
         r2 = (xy * xy).sum(axis=-1)
         disc = 1 + (1 - self.xi * self.xi) * r2
-        valid = (disc >= 0) & self.distortion.within_range(xy) & np.isfinite(r2)
+        valid = finite & (disc >= 0) & self.distortion.within_range(xy)
         factor = (self.xi + np.sqrt(np.maximum(disc, 0.0))) / (r2 + 1)
         rays = np.concatenate([xy * factor[..., None], (factor - self.xi)[..., None]], axis=-1)
         return _with_invalid(rays, valid), valid
@@ -336,9 +358,18 @@ class OcamCamera:
     def __post_init__(self) -> None:
         if len(self.inverse_poly) < 2:
             raise ValueError("OCam inverse polynomial needs at least 2 coefficients")
+        _check_size(self.image_size_hw)
         c, d, e = self.affine_cde
         if abs(c - d * e) < _TINY:
             raise ValueError(f"OCam affine part [[c, d], [e, 1]] is singular: c={c}, d={d}, e={e}")
+        # rho must start at the image centre and grow: an offset or a decreasing start would send a
+        # ring of pixels (or the rays next to the axis) to the wrong side of the image.
+        lo, hi = self.theta_range
+        rho_axis = float(self._rho(np.array(lo)))
+        if abs(rho_axis) > _OCAM_AXIS_TOL_PX:
+            raise ValueError(f"OCam polynomial must give rho ~ 0 on the optical axis (theta = -pi/2), got {rho_axis:.4g} px")
+        if not hi > lo:
+            raise ValueError("OCam polynomial rho(theta) must increase away from the optical axis")
 
     def _rho(self, theta: FloatArray) -> FloatArray:
         return np.asarray(np.polynomial.polynomial.polyval(theta, self.inverse_poly))
@@ -353,17 +384,17 @@ class OcamCamera:
         upper = min(np.pi / 2, lo + _angle_limit(self.max_angle_deg))
         t = np.linspace(lo, upper, 20001)
         bad = np.nonzero(self._drho(t) <= 0)[0]
-        return lo, float(t[bad[0] - 1]) if bad.size else upper
+        if not bad.size:
+            return lo, upper
+        return lo, float(t[max(bad[0] - 1, 0)])
 
     def project(self, points_cam: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        p = _as_points(points_cam, 3)
+        p, finite = _as_points(points_cam, 3)
         r = np.hypot(p[..., 0], p[..., 1])
         theta = np.arctan2(-p[..., 2], r)
         _, hi = self.theta_range
-        valid = (theta <= hi) & np.isfinite(theta) & ((r > 0) | (p[..., 2] > 0))
-        rho = self._rho(theta)
-        scale = np.where(r > _TINY, rho / np.where(r > _TINY, r, 1.0), 0.0)
-        xy = p[..., :2] * scale[..., None]
+        valid = finite & (theta <= hi) & ((r > 0) | (p[..., 2] > 0))
+        xy = _unit_direction(p[..., :2], r) * self._rho(theta)[..., None]
         c, d, e = self.affine_cde
         uv = np.stack(
             [c * xy[..., 0] + d * xy[..., 1] + self.center_xy[0], e * xy[..., 0] + xy[..., 1] + self.center_xy[1]], axis=-1
@@ -371,7 +402,7 @@ class OcamCamera:
         return _with_invalid(uv, valid), valid
 
     def unproject(self, pixels: ArrayLike) -> tuple[FloatArray, BoolArray]:
-        uv = _as_points(pixels, 2)
+        uv, finite = _as_points(pixels, 2)
         c, d, e = self.affine_cde
         du, dv = uv[..., 0] - self.center_xy[0], uv[..., 1] - self.center_xy[1]
         det = c - d * e
@@ -380,7 +411,7 @@ class OcamCamera:
         rho = np.hypot(x, y)
         lo, hi = self.theta_range
         rho_lo, rho_hi = float(self._rho(np.array(lo))), float(self._rho(np.array(hi)))
-        valid = (rho <= rho_hi) & np.isfinite(rho)
+        valid = finite & (rho <= rho_hi)
         theta = _solve_monotonic(self._rho, self._drho, np.clip(rho, rho_lo, rho_hi), lo, hi)
         cos_over = np.where(rho > _TINY, np.cos(theta) / np.where(rho > _TINY, rho, 1.0), 0.0)
         rays = np.stack([x * cos_over, y * cos_over, -np.sin(theta)], axis=-1)

@@ -16,13 +16,22 @@ from numpy.typing import ArrayLike, NDArray
 
 from bev_service.geometry.cameras import BoolArray, CameraModel, FloatArray
 from bev_service.geometry.grid import BevGrid, EgoBox
-from bev_service.geometry.transforms import apply_homography, apply_rigid, invert_rigid
+from bev_service.geometry.transforms import apply_rigid, invert_rigid
 
 
-@dataclass(frozen=True)
+def _same(a: FloatArray | None, b: FloatArray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+# Dataclasses holding arrays compare them element-wise themselves (eq=False and an explicit
+# __eq__): the generated __eq__ would compare arrays with ==, whose truth value is ambiguous.
+@dataclass(frozen=True, eq=False)
 class GroundHomography:
     """``ground_from_image`` maps undistorted-image pixels to vehicle-frame ground (x, y) in metres;
-    the undistorted image is the pinhole view with intrinsic matrix ``undistorted_k``."""
+    the undistorted image is the pinhole view with intrinsic matrix ``undistorted_k``.
+
+    For a camera with pose camera_from_vehicle = [R | t] it is inv(undistorted_k @ [r1 r2 t]) up
+    to scale; its sign is normalised on construction (the camera is above the ground)."""
 
     ground_from_image: FloatArray
     undistorted_k: FloatArray
@@ -32,28 +41,39 @@ class GroundHomography:
         k = np.asarray(self.undistorted_k, dtype=np.float64)
         if h.shape != (3, 3) or not np.isfinite(h).all():
             raise ValueError(f"ground_from_image must be a finite 3x3 matrix, got shape {h.shape}")
-        if abs(np.linalg.det(h)) < 1e-12 * max(1.0, float(np.abs(h).max()) ** 3):
-            raise ValueError("ground_from_image is not invertible (determinant ~ 0)")
+        # The condition number, unlike the determinant, does not depend on the matrix's scale.
+        if not np.linalg.cond(h) < 1e12:
+            raise ValueError("ground_from_image is not invertible (singular or nearly so)")
         if k.shape != (3, 3) or not (k[0, 0] > 0 and k[1, 1] > 0):
             raise ValueError("undistorted_k must be a 3x3 intrinsic matrix with positive focal lengths")
-        # A homography is defined up to scale, sign included. Fix the sign so that a ray 45 degrees
-        # below the optical axis (which sees the ground on any surround-view camera) has w > 0.
-        below_axis = k @ np.array([0.0, 1.0, 1.0])
-        if (h @ below_axis)[2] < 0:
+        # A homography is defined up to scale, sign included; fix the sign so that
+        # k^-1 @ image_from_ground = s [r1 r2 t] (camera_from_vehicle on z = 0) with s > 0: then
+        # it maps every ground point to a positive multiple of its ray, even beyond 90 degrees off
+        # axis. det(s [r1 r2 t]) = s^3 (r3 . t) = -s^3 * (camera height above the ground), and
+        # the camera is above the ground of a right-handed, z-up frame: s > 0 iff det(h) < 0.
+        if np.linalg.det(h) > 0:
             h = -h
         object.__setattr__(self, "ground_from_image", h)
         object.__setattr__(self, "undistorted_k", k)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GroundHomography):
+            return NotImplemented
+        return _same(self.ground_from_image, other.ground_from_image) and _same(self.undistorted_k, other.undistorted_k)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @cached_property
     def image_from_ground(self) -> FloatArray:
         return np.asarray(np.linalg.inv(self.ground_from_image))
 
     @cached_property
-    def k_inverse(self) -> FloatArray:
-        return np.asarray(np.linalg.inv(self.undistorted_k))
+    def camera_from_ground(self) -> FloatArray:
+        """3x3 from ground (x, y, 1) to a positive multiple of the camera-frame ray."""
+        return np.asarray(np.linalg.inv(self.undistorted_k) @ self.image_from_ground)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Camera:
     """One camera of a rig."""
 
@@ -65,6 +85,20 @@ class Camera:
     def __post_init__(self) -> None:
         if (self.vehicle_from_camera is None) == (self.ground_homography is None):
             raise ValueError(f"camera {self.name!r}: give exactly one of vehicle_from_camera and ground_homography")
+        if self.vehicle_from_camera is not None:
+            pose = np.asarray(self.vehicle_from_camera, dtype=np.float64)
+            if pose.shape != (4, 4) or not np.isfinite(pose).all():
+                raise ValueError(f"camera {self.name!r}: vehicle_from_camera must be a finite 4x4 matrix, got shape {pose.shape}")
+            object.__setattr__(self, "vehicle_from_camera", pose)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Camera):
+            return NotImplemented
+        return (self.name, self.model, self.ground_homography) == (other.name, other.model, other.ground_homography) and _same(
+            self.vehicle_from_camera, other.vehicle_from_camera
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def image_size_hw(self) -> tuple[int, int]:
@@ -83,12 +117,10 @@ class Camera:
         if self.ground_homography is None:
             points_vehicle = np.concatenate([xy, np.zeros_like(xy[..., :1])], axis=-1)
             return self.model.project(apply_rigid(self.camera_from_vehicle, points_vehicle))
-        hom = self.ground_homography
-        undistorted_uv, w = apply_homography(hom.image_from_ground, xy)
-        rays = np.concatenate([undistorted_uv, np.ones_like(w)[..., None]], axis=-1) @ hom.k_inverse.T
-        uv, valid = self.model.project(rays)
-        valid = valid & (w > 0)
-        return np.where(valid[..., None], uv, np.nan), valid
+        # No division by w: the homogeneous ray keeps its sign, so ground points behind the
+        # undistorted image plane still reach a fisheye model that sees them.
+        rays = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1) @ self.ground_homography.camera_from_ground.T
+        return self.model.project(rays)
 
     def pixel_from_ground(self, ground_xy: ArrayLike) -> tuple[FloatArray, BoolArray]:
         """As ``model_pixel_from_ground``, and valid only where the pixel lies inside the image."""

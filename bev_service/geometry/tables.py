@@ -23,9 +23,9 @@ NO_CAMERA = -1
 class GroundTables:
     """Resolution-independent tables of one rig.
 
-    pixel_uv: (N, rows, cols, 2) float32, each camera's pixel for each cell centre at its
-      calibrated resolution, NaN where it does not see the cell.
-    density: (N, rows, cols) float32, pixels per square metre (0 where unseen).
+    pixel_uv: (N, rows, cols, 2) float64, each camera's pixel for each cell centre at its
+      calibrated resolution (pixel centres at integers), NaN where it does not see the cell.
+    density: (N, rows, cols) float64, pixels per square metre (0 where unseen).
     owner: (rows, cols) int8, index of the owning camera or -1 (unseen or ego).
     ego: (rows, cols) bool, the vehicle's own footprint.
     """
@@ -33,8 +33,8 @@ class GroundTables:
     grid: BevGrid
     camera_names: tuple[str, ...]
     image_sizes_hw: tuple[tuple[int, int], ...]
-    pixel_uv: NDArray[np.float32]
-    density: NDArray[np.float32]
+    pixel_uv: NDArray[np.float64]
+    density: NDArray[np.float64]
     owner: NDArray[np.int8]
     ego: NDArray[np.bool_]
 
@@ -61,8 +61,8 @@ def build_ground_tables(rig: Rig) -> GroundTables:
     grid = rig.grid
     centres = grid.cell_centres()  # (rows, cols, 2)
     ego = rig.ego.contains(centres)
-    pixel_uv = np.empty((len(rig.cameras), *grid.shape, 2), dtype=np.float32)
-    density = np.empty((len(rig.cameras), *grid.shape), dtype=np.float32)
+    pixel_uv = np.empty((len(rig.cameras), *grid.shape, 2), dtype=np.float64)
+    density = np.empty((len(rig.cameras), *grid.shape), dtype=np.float64)
     for i, cam in enumerate(rig.cameras):
         pixel_uv[i] = cam.pixel_from_ground(centres)[0]
         density[i] = ground_density(cam, centres, step_m=grid.cell_size_m / 2)
@@ -109,22 +109,25 @@ def check_input_size(tables: GroundTables, input_size_hw: tuple[int, int]) -> No
             raise ValueError(f"camera {name!r}: input {w}x{h} (w x h) does not keep the calibrated aspect ratio of {cw}x{ch}")
 
 
-def _scaled_pixels(tables: GroundTables, input_size_hw: tuple[int, int]) -> NDArray[np.float64]:
-    """(N, rows, cols, 2) pixel positions in input-resolution images (pixel centres at integers)."""
+def _scaled_edges(tables: GroundTables, input_size_hw: tuple[int, int]) -> NDArray[np.float64]:
+    """(N, rows, cols, 2) pixel positions in input-resolution images, measured from the image's
+    top-left corner (pixel i spans [i, i + 1)), so that scaling the image scales them exactly."""
     h, w = input_size_hw
     sizes = np.asarray(tables.image_sizes_hw, dtype=np.float64)  # (N, 2) as (h, w)
     scale_uv = np.stack([w / sizes[:, 1], h / sizes[:, 0]], axis=-1)[:, None, None, :]
-    return (tables.pixel_uv.astype(np.float64) + 0.5) * scale_uv - 0.5
+    return (tables.pixel_uv + 0.5) * scale_uv
 
 
 def label_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> LabelGatherTable:
     check_input_size(tables, input_size_hw)
     h, w = input_size_hw
     n = len(tables.camera_names)
-    uv = _scaled_pixels(tables, input_size_hw)
+    # Nearest pixel = the one whose area holds the point: at 1/k of the calibrated resolution it
+    # is the block of k x k calibrated pixels that holds it (floor(U / k) of its nearest pixel U).
+    uv = _scaled_edges(tables, input_size_hw)
     seen = tables.seen & ~tables.ego[None]
-    cols = np.clip(np.floor(np.nan_to_num(uv[..., 0]) + 0.5), 0, w - 1).astype(np.int64)
-    rows = np.clip(np.floor(np.nan_to_num(uv[..., 1]) + 0.5), 0, h - 1).astype(np.int64)
+    cols = np.clip(np.floor(np.nan_to_num(uv[..., 0])), 0, w - 1).astype(np.int64)
+    rows = np.clip(np.floor(np.nan_to_num(uv[..., 1])), 0, h - 1).astype(np.int64)
     camera = np.arange(n)[:, None, None]
     per_camera = np.where(seen, (camera * h + rows) * w + cols, 0).reshape(n, -1)
     owner = tables.owner.reshape(-1)
@@ -155,7 +158,7 @@ def image_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> 
     h, w = input_size_hw
     owner = tables.owner.reshape(-1)
     seen = owner != NO_CAMERA
-    uv = _scaled_pixels(tables, input_size_hw).reshape(len(tables.camera_names), -1, 2)
+    uv = _scaled_edges(tables, input_size_hw).reshape(len(tables.camera_names), -1, 2) - 0.5  # centres at integers
     uv = np.nan_to_num(uv[np.maximum(owner, 0), np.arange(owner.size)])  # (cells, 2)
     u = np.clip(uv[:, 0], 0, w - 1)
     v = np.clip(uv[:, 1], 0, h - 1)
