@@ -122,6 +122,15 @@ class Camera:
         rays = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1) @ self.ground_homography.camera_from_ground.T
         return self.model.project(rays)
 
+    def off_axis_angle(self, ground_xy: ArrayLike) -> FloatArray:
+        """Angle (rad) between the optical axis and the ray to each ground point (..., 2)."""
+        xy = np.asarray(ground_xy, dtype=np.float64)
+        if self.ground_homography is None:
+            rays = apply_rigid(self.camera_from_vehicle, np.concatenate([xy, np.zeros_like(xy[..., :1])], axis=-1))
+        else:
+            rays = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1) @ self.ground_homography.camera_from_ground.T
+        return np.asarray(np.arctan2(np.hypot(rays[..., 0], rays[..., 1]), rays[..., 2]))
+
     def pixel_from_ground(self, ground_xy: ArrayLike) -> tuple[FloatArray, BoolArray]:
         """As ``model_pixel_from_ground``, and valid only where the pixel lies inside the image."""
         uv, valid = self.model_pixel_from_ground(ground_xy)

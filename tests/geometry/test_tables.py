@@ -81,22 +81,34 @@ class TestGroundTables:
             uv = tables.pixel_uv[i][seen]
             assert ((uv >= -0.5) & (uv < [w - 0.5, h - 0.5])).all()
 
-    def test_owner_is_the_camera_with_the_highest_pixel_density(self, rig: Rig, tables: GroundTables) -> None:
+    def test_owner_is_the_densest_camera_weighted_by_off_axis_angle(self, rig: Rig, tables: GroundTables) -> None:
         # Pixels per square metre: |det| of the ground-to-pixel Jacobian, here by 1 mm central
-        # differences of the independent projection, on every 7th cell.
+        # differences of the independent projection, on every 7th cell; weighted by
+        # (1 + cos theta) / 2 of the angle theta between the optical axis and the ray to the cell.
         centres = rig.grid.cell_centres()[::7, ::7]
+        points = np.concatenate([centres, np.zeros_like(centres[..., :1])], axis=-1)
         dx, dy = np.array([1e-3, 0.0]), np.array([0.0, 1e-3])
-        density = []
+        density, score = [], []
         for i, cam in enumerate(rig.cameras):
             du = (fisheye_pixels(cam, centres + dx) - fisheye_pixels(cam, centres - dx)) / 2e-3
             dv = (fisheye_pixels(cam, centres + dy) - fisheye_pixels(cam, centres - dy)) / 2e-3
             det = np.abs(du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0])
             density.append(np.where(tables.seen[i][::7, ::7], det, 0.0))
-        stacked = np.stack(density)
+            assert cam.vehicle_from_camera is not None
+            rotation, centre = cam.vehicle_from_camera[:3, :3], cam.vehicle_from_camera[:3, 3]
+            ray = (points - centre) @ rotation  # camera frame
+            cos_theta = ray[..., 2] / np.linalg.norm(ray, axis=-1)
+            score.append(density[-1] * (1 + cos_theta) / 2)
+        stacked = np.stack(score)
         owner = tables.owner[::7, ::7]
         seen_any = stacked.max(axis=0) > 0
         np.testing.assert_array_equal(owner[seen_any], stacked.argmax(axis=0)[seen_any])
-        np.testing.assert_allclose(tables.density[:, ::7, ::7], stacked, rtol=1e-3)
+        np.testing.assert_allclose(tables.density[:, ::7, ::7], np.stack(density), rtol=1e-3)
+
+    def test_front_camera_owns_the_road_straight_ahead(self, rig: Rig, tables: GroundTables) -> None:
+        # 9.5 m ahead the mirror cameras are ~88 degrees off-axis; the front camera must win.
+        row, col = np.floor(rig.grid.cell_from_vehicle_xy([9.5, 0.0])).astype(int)
+        assert tables.camera_names[tables.owner[row, col]] == "front"
 
     def test_fixed_cells_are_ego_and_unknown(self, rig: Rig, tables: GroundTables) -> None:
         fill = tables.fixed_values()
