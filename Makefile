@@ -29,17 +29,27 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# Until the service lands: the offline projection demo on the real surround-view recording.
+# Until the service lands (issue 5): the offline projection demo. A synthetic frame set of the default rig
+# is rendered and projected (RGB surround view and class ids); the real surround-view recording too when present.
+DEMO := $(BUILD)/demo
 run: $(STAMP)
-	@mkdir -p $(BUILD)
-	$(BIN)/bev calib import surround-view-yaml $(REAL_DATA)/surround-view-4fisheye --out $(BUILD)/surround-view.yaml
-	$(BIN)/bev project --rig $(BUILD)/surround-view.yaml --out $(BUILD)/surround-view-bev.png \
-		front=$(REAL_DATA)/surround-view-4fisheye/images/front.png back=$(REAL_DATA)/surround-view-4fisheye/images/back.png \
-		left=$(REAL_DATA)/surround-view-4fisheye/images/left.png right=$(REAL_DATA)/surround-view-4fisheye/images/right.png
-	@echo "wrote $(BUILD)/surround-view-bev.png and $(BUILD)/surround-view-bev.json"
+	@mkdir -p $(DEMO)
+	$(BIN)/bev synth --count 1 --seed 1 --out $(DEMO)/synth
+	$(BIN)/bev project --rig calibration/default_rig.yaml --out $(DEMO)/synth-bev.png \
+		$(foreach c,front left rear right,$(c)=$(DEMO)/synth/000000/$(c).jpg)
+	$(BIN)/bev project --rig calibration/default_rig.yaml --labels --out $(DEMO)/synth-bev-labels.png \
+		$(foreach c,front left rear right,$(c)=$(DEMO)/synth/000000/$(c)_labels.png)
+	$(BIN)/bev calib check --rig calibration/default_rig.yaml --out $(DEMO)/coverage.png
+	@if [ -d $(REAL_DATA)/surround-view-4fisheye ]; then \
+		$(BIN)/bev calib import surround-view-yaml $(REAL_DATA)/surround-view-4fisheye --out $(DEMO)/surround-view.yaml && \
+		$(BIN)/bev project --rig $(DEMO)/surround-view.yaml --out $(DEMO)/surround-view-bev.png \
+			$(foreach c,front back left right,$(c)=$(REAL_DATA)/surround-view-4fisheye/images/$(c).png); \
+	else echo "($(REAL_DATA) absent: skipping the real surround-view recording)"; fi
+	@echo "demo outputs in $(DEMO)/: synth-bev.png (surround view), synth-bev-labels.png (class ids), coverage.png, surround-view-bev.png"
 
 bench: $(STAMP)
 	$(BIN)/python bench/warp.py
+	$(BIN)/python bench/synth.py
 
 clean:
 	rm -rf $(VENV) $(BUILD) .mypy_cache .ruff_cache .pytest_cache
