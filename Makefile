@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 REAL_DATA ?= ../shared/data/real
 BUILD ?= build
 
-.PHONY: setup test lint typecheck pytest run bench clean
+.PHONY: setup test lint typecheck pytest run bench train clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/warp.py
 	$(BIN)/python bench/synth.py
+
+# Trains, prunes, exports and evaluates the shipped network (issue 4; up to 60 min on 2 cores).
+train: $(STAMP)
+	$(BIN)/bev train --out-dir $(BUILD)/train --steps 4000 --seed 0 --threads 2 --resume
+	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --threads 2
+	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
+	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
+	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx
+	$(BIN)/bev eval --model models/enet.pt --json $(BUILD)/eval-enet.json
+	$(BIN)/bev eval --model models/enet-pruned.pt --json $(BUILD)/eval-enet-pruned.json
 
 clean:
 	rm -rf $(VENV) $(BUILD) .mypy_cache .ruff_cache .pytest_cache

@@ -22,3 +22,7 @@ class CalibrationError(BevError):
 
 class FrameError(BevError):
     """A frame set is unusable: missing or extra camera, undecodable image, wrong size."""
+
+
+class ModelError(BevError):
+    """A model file or model configuration is unusable: missing, truncated, not ours, other classes."""

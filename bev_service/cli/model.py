@@ -1,9 +1,209 @@
-"""Scaffold: filled in by the work on this command group (kept importable meanwhile)."""
+"""``bev train``, ``bev eval``, ``bev prune``, ``bev export`` and ``bev infer``: the segmentation network's commands.
+
+Training and pruning settings are dataclasses (``TrainConfig``, ``PruneConfig``); every field is a
+flag of the same name (``--crop-height 192``), so a checkpoint's stored config reads like its command.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
 from typing import Any
+
+from bev_service.calib.rigfile import load_rig
+from bev_service.cli.project import parse_frame_args
+from bev_service.errors import FrameError
+from bev_service.imageio import read_image, write_png
+from bev_service.model.config import PruneConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Descriptions are kept here, not read from the modules' docstrings: importing those imports torch,
+# which would slow down every ``bev`` command.
+TRAIN_DOC = (
+    "Train the ENet-family network on synthetic frame sets (rendered up front with --data synth, or a bev synth "
+    "folder): class-weighted cross-entropy, augmentation, AdamW with warm-up and cosine decay. Writes OUT_DIR/"
+    "checkpoint.pt (resumable with --resume; it stores this config), metrics.jsonl, curves.png and model.pt."
+)
+EVAL_DOC = (
+    "Per-class IoU and mIoU of a model in image space and in BEV space (against the true BEV on cells a camera "
+    "sees), beside the oracle (the warp of the true labels), on held-out synthetic frame sets; a table, and JSON."
+)
+PRUNE_DOC = (
+    "Structured L1-norm channel pruning (Torch-Pruning, channel counts multiples of 8, class head kept) in "
+    "iterative steps with fine-tuning between them; writes the pruned weights-only model and a report (parameters, "
+    "MACs, CPU latency and mIoU before and after) beside it as JSON."
+)
+EXPORT_DOC = (
+    "Export a model to ONNX with its input conversion and argmax head inside the graph (uint8 NHWC in, uint8 labels "
+    "out, optionally the softmax maximum), and check that ONNX Runtime gives torch's labels."
+)
+INFER_DOC = (
+    "Run the in-process pipeline on one frame set: decode, resize, segment, warp onto the rig's BEV grid. Writes the "
+    "grid of class ids as a single-channel PNG and OUT.json with its metadata and per-stage timings."
+)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[Any], skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field, typed and defaulted from the field."""
+    kinds = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=kinds[str(f.type)], default=f.default, help=f"default: {f.default}")
+
+
+def config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in fixed}
+    try:
+        return cls(**values, **fixed)
+    except ValueError as exc:
+        raise FrameError(f"bad settings: {exc}") from exc
 
 
 def register(commands: Any) -> None:
-    """Adds nothing yet."""
+    p = commands.add_parser("train", help="train the segmentation network on synthetic frame sets", description=TRAIN_DOC)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=run_train)
+
+    p = commands.add_parser("eval", help="per-class IoU / mIoU in image and BEV space", description=EVAL_DOC)
+    p.add_argument("--model", required=True, help="model file (.pt weights or .onnx)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    p.add_argument("--data", default="synth", help="'synth' (render held-out worlds) or a directory from bev synth")
+    p.add_argument("--rig", default="calibration/default_rig.yaml")
+    p.add_argument("--val-seed", type=int, default=100_000, help="data set seed of the held-out frame sets when rendering")
+    p.add_argument("--frame-sets", type=int, default=16, help="frame sets to render (with --data synth)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.set_defaults(func=run_eval)
+
+    p = commands.add_parser("prune", help="L1 channel pruning with fine-tuning, and a before/after report", description=PRUNE_DOC)
+    add_config_flags(p, PruneConfig)
+    p.set_defaults(func=run_prune)
+
+    p = commands.add_parser("export", help="write the network with its argmax head as ONNX", description=EXPORT_DOC)
+    p.add_argument("--model", required=True, type=Path, help="model weights (.pt)")
+    p.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    p.add_argument("--confidence", action="store_true", help="add the softmax-maximum output (confidence fusion)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="compare ONNX Runtime with torch")
+    p.set_defaults(func=run_export)
+
+    p = commands.add_parser("infer", help="frames of one frame set to the BEV grid of class ids", description=INFER_DOC)
+    p.add_argument("--rig", help="rig file (default: calibration/default_rig.yaml)")
+    p.add_argument("--model", help="model file, .pt or .onnx (default: the shipped pruned model)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    p.add_argument("--confidence-fusion", action="store_true", help="per cell, the most confident covering camera")
+    p.add_argument("--out", required=True, type=Path, help="BEV grid of class ids (single-channel PNG); timings go to OUT.json")
+    p.add_argument("frames", nargs="+", metavar="CAM=IMAGE", help="one image per camera of the rig")
+    p.set_defaults(func=run_infer)
+
+
+def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
+    """Training and validation frame sources of a TrainConfig or PruneConfig."""
+    from bev_service.model.synthdata import open_source
+
+    train_source = open_source(
+        config.data, config.rig, input_size_hw, count=config.train_frame_sets, seed=config.data_seed, progress=config.progress
+    )
+    val_source = open_source(
+        config.val_data, config.rig, input_size_hw, count=config.val_frame_sets, seed=config.val_seed, progress=config.progress
+    )
+    return train_source, val_source
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from bev_service.model.train import train
+
+    config = config_from_args(TrainConfig, args)
+    train(config, *_sources(config, config.input_size_hw))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from bev_service.model.backends import load_segmenter
+    from bev_service.model.evaluate import evaluate, format_table, to_json
+    from bev_service.model.synthdata import open_source
+    from bev_service.projector import BevProjector
+
+    segmenter = load_segmenter(args.model, backend=args.backend)
+    rig = load_rig(args.rig)
+    size = segmenter.input_size_hw
+    source = open_source(args.data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True)
+    report = evaluate(segmenter, source, projector=BevProjector(rig), progress=True).report()
+    report = {"model": str(args.model), "backend": segmenter.backend, "data": args.data, **report}
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json(report), encoding="utf-8")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from bev_service.model.prune import run_pruning
+    from bev_service.model.weights import load_model
+
+    config = config_from_args(PruneConfig, args)
+    report = run_pruning(config, *_sources(config, load_model(config.model).config.input_size_hw))
+    summary = {k: report[k] for k in ("macs_ratio", "params_ratio", "cpu_speedup", "miou_drop") if k in report}
+    print(json.dumps({"before": _brief(report["before"]), "after": _brief(report["after"]), **summary}))
+    return 0
+
+
+def _brief(measured: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "params": measured["params"],
+        "gmacs": round(measured["macs"] / 1e9, 4),
+        "cpu_ms": measured["cpu_latency"]["median_ms"],
+        "miou": measured.get("miou"),
+    }
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from bev_service.model.export import check_onnx, export_onnx
+    from bev_service.model.weights import ModelError, load_model
+
+    loaded = load_model(args.model)
+    export_onnx(loaded.model, loaded.config, args.out, confidence=args.confidence)
+    if args.check:
+        images = np.random.default_rng(0).integers(0, 256, size=(2, *loaded.config.input_size_hw, 3), dtype=np.uint8)
+        check = check_onnx(loaded.model, loaded.config, args.out, images)
+        print(json.dumps({"onnx": str(args.out), **dataclasses.asdict(check), "agreement": check.agreement}))
+        if check.mismatched_clear:
+            raise ModelError(f"{args.out}: ONNX Runtime disagrees with torch on {check.mismatched_clear} clear-cut pixels")
+    return 0
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from bev_service.model.backends import load_segmenter
+    from bev_service.pipeline import DEFAULT_MODEL_PATH, DEFAULT_RIG_PATH, BevPipeline
+
+    rig = load_rig(args.rig or DEFAULT_RIG_PATH)
+    paths = parse_frame_args(args.frames, rig.camera_names)
+    segmenter = load_segmenter(args.model or DEFAULT_MODEL_PATH, backend=args.backend)
+    pipeline = BevPipeline(rig, segmenter, confidence_fusion=args.confidence_fusion, encoder=None)
+    try:
+        result = pipeline.run({name: read_image(path) for name, path in paths.items()})
+    finally:
+        pipeline.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_png(args.out, result.grid)
+    meta = {
+        "rig_id": rig.rig_id,
+        **rig.grid.metadata(),
+        "content": "class ids",
+        "model": str(args.model or DEFAULT_MODEL_PATH),
+        "backend": segmenter.backend,
+        "input_size_hw": list(segmenter.input_size_hw),
+        "timings_ms": result.timings_ms,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s in %.1f ms", args.out, result.timings_ms["total"])
+    return 0

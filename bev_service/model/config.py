@@ -1,0 +1,186 @@
+"""Settings of the network, of training and of pruning: plain dataclasses, JSON-able, no torch import.
+
+``ModelConfig`` rebuilds a network (stored in every model file and ONNX graph); ``TrainConfig`` and
+``PruneConfig`` are the flags of ``bev train`` and ``bev prune`` and are stored in their checkpoints
+and reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from bev_service.classes import CLASSES
+
+if TYPE_CHECKING:
+    from bev_service.model.enet import ENet
+
+DEFAULT_INPUT_SIZE_HW = (320, 480)  # the default rig's 960x640 cameras halved
+# Settings a resumed training run may change without changing what it learns.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "progress",
+        "threads",
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "resume",
+        "val_data",
+        "val_seed",
+        "val_frame_sets",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What rebuilds a network: the builder's arguments, the input size it was trained for, its classes."""
+
+    num_classes: int = len(CLASSES)
+    width: float = 1.0
+    in_channels: int = 3
+    dropout: float = 0.1
+    activation: str = "relu"
+    channels: dict[str, Any] | None = None  # None: the default table for ``width``; set once pruned
+    input_size_hw: tuple[int, int] = DEFAULT_INPUT_SIZE_HW
+    class_names: tuple[str, ...] = tuple(c.name for c in CLASSES)
+    arch: str = "enet"
+
+    def __post_init__(self) -> None:
+        if self.arch != "enet":
+            raise ValueError(f"unknown architecture {self.arch!r} (this version builds 'enet')")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.num_classes} classes but {len(self.class_names)} class names")
+        h, w = self.input_size_hw
+        if h <= 0 or w <= 0 or h % 8 or w % 8:
+            raise ValueError(f"input_size_hw must be positive multiples of 8 (height, width), got {self.input_size_hw}")
+
+    def build(self) -> ENet:
+        from bev_service.model.enet import enet
+
+        return enet(
+            num_classes=self.num_classes,
+            width=self.width,
+            in_channels=self.in_channels,
+            dropout=self.dropout,
+            activation=self.activation,  # type: ignore[arg-type]
+            channels=self.channels,
+        )
+
+    def with_channels(self, model: ENet) -> ModelConfig:
+        """This config with the channel table read back from ``model`` (after pruning)."""
+        return ModelConfig(**{**asdict(self), "channels": model.channel_spec()})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_size_hw"] = list(self.input_size_hw)
+        out["class_names"] = list(self.class_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}")
+        values = dict(data)
+        if "input_size_hw" in values:
+            values["input_size_hw"] = tuple(int(v) for v in values["input_size_hw"])
+        if "class_names" in values:
+            values["class_names"] = tuple(values["class_names"])
+        return cls(**values)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in its checkpoints. Each field is a ``bev train`` flag."""
+
+    out_dir: str = "build/train"
+    data: str = "synth"  # "synth" renders frame sets up front; otherwise a folder written by `bev synth`
+    rig: str = "calibration/default_rig.yaml"
+    train_frame_sets: int = 256  # rendered from data set seed `data_seed` (8 per world) when data is "synth"
+    data_seed: int = 0
+    val_data: str = "synth"  # held-out frame sets: "synth" renders data set `val_seed`, else a folder
+    val_seed: int = 100_000
+    val_frame_sets: int = 16
+    width: float = 1.0
+    input_height: int = 320
+    input_width: int = 480
+    crop_height: int = 192  # 0: train on whole images
+    crop_width: int = 256
+    batch_size: int = 8
+    steps: int = 4000
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    class_weight_c: float = 1.02  # ENet's class weighting 1 / ln(c + p_class) (Paszke et al., 2016, sec. 5.2)
+    eval_every: int = 500
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True
+    resume: bool = False
+
+    @property
+    def input_size_hw(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
+
+    @property
+    def crop_size_hw(self) -> tuple[int, int] | None:
+        return (self.crop_height, self.crop_width) if self.crop_height and self.crop_width else None
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(width=self.width, input_size_hw=self.input_size_hw)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class PruneConfig:
+    """Settings of ``bev prune``; each field is a flag. Data settings mean what they mean for ``bev train``."""
+
+    model: str = "build/train/model.pt"
+    out: str = "build/prune/model.pt"
+    ratio: float = 0.4  # 2.7x fewer MACs for the default network (channel counts round down to multiples of 8)
+    iterative_steps: int = 3
+    finetune_steps: int = 300  # after every pruning step
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    batch_size: int = 8
+    crop_height: int = 192
+    crop_width: int = 256
+    data: str = "synth"
+    rig: str = "calibration/default_rig.yaml"
+    train_frame_sets: int = 256
+    data_seed: int = 0
+    val_data: str = "synth"
+    val_seed: int = 100_000
+    val_frame_sets: int = 16
+    latency_batch: int = 4  # images per timed batch: one frame set of the default rig
+    latency_repeats: int = 10
+    seed: int = 0
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
+        if self.iterative_steps < 1:
+            raise ValueError(f"iterative_steps must be at least 1, got {self.iterative_steps}")
+
+    def finetune_config(self) -> TrainConfig:
+        return TrainConfig(
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            steps=self.finetune_steps,
+            batch_size=self.batch_size,
+            crop_height=self.crop_height,
+            crop_width=self.crop_width,
+            seed=self.seed,
+            progress=self.progress,
+        )

@@ -1,0 +1,141 @@
+"""BevPipeline: one frame set of encoded images to an encoded BEV grid, in process, with stage timings.
+
+decode (per camera, threads) -> resize to the network input -> segment (argmax on the backend's
+device) -> one-gather BEV warp on that same device -> copy the grid to the host -> encode.
+Torch tensors stay on their device until the final grid: the only bytes handed from the backend to
+the host are the grid's (``device_to_host_bytes``; with ONNX Runtime, the uint8 label maps it
+returns). Lookup tables are built in the constructor, off the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from bev_service.errors import FrameError
+from bev_service.geometry.rig import Rig
+from bev_service.imageio import decode_image, encode_png
+from bev_service.model.backends import Segmenter
+from bev_service.model.data import resize_images
+from bev_service.model.weights import ModelError
+from bev_service.projector import BevProjector
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RIG_PATH = REPO / "calibration" / "default_rig.yaml"
+DEFAULT_MODEL_PATH = REPO / "models" / "enet-pruned.pt"
+STAGES = ("decode", "resize", "segment", "warp", "to_host", "encode")
+
+
+@dataclass(frozen=True)
+class BevResult:
+    grid: NDArray[np.uint8]  # (rows, cols) class ids, EGO and UNKNOWN
+    encoded: bytes | None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage and "total"
+    device_to_host_bytes: int = 0
+
+
+class BevPipeline:
+    """Frames of one rig to its BEV grid through one segmenter."""
+
+    def __init__(
+        self,
+        rig: Rig,
+        segmenter: Segmenter,
+        *,
+        projector: BevProjector | None = None,
+        confidence_fusion: bool = False,
+        encoder: Callable[[NDArray[np.uint8]], bytes] | None = encode_png,
+        decode_threads: int = 4,
+    ) -> None:
+        self.rig = rig
+        self.segmenter = segmenter
+        self.projector = projector if projector is not None else BevProjector(rig)
+        self.confidence_fusion = confidence_fusion
+        self.encoder = encoder
+        self.input_size_hw = segmenter.input_size_hw
+        try:
+            self.projector.label_table(self.input_size_hw)  # built now, not on the first request
+        except ValueError as exc:
+            raise ModelError(f"model input {self.input_size_hw} (h, w) does not fit rig {rig.rig_id!r}: {exc}") from exc
+        self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="bev-decode")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def _check_cameras(self, frames: Mapping[str, object]) -> None:
+        names = self.rig.camera_names
+        missing = [n for n in names if n not in frames]
+        extra = sorted(set(frames) - set(names))
+        if missing or extra:
+            raise FrameError(
+                f"expected {len(names)} cameras ({', '.join(names)}), got {len(frames)}"
+                + (f": missing {', '.join(map(repr, missing))}" if missing else "")
+                + (f"; unknown {', '.join(map(repr, extra))}" if extra else "")
+            )
+
+    def _decode(self, name: str, frame: bytes | NDArray[np.uint8]) -> NDArray[np.uint8]:
+        image = decode_image(frame, name=name) if isinstance(frame, bytes | bytearray) else np.asarray(frame)
+        expected = self.rig.camera(name).image_size_hw
+        if image.dtype != np.uint8 or image.shape != (*expected, 3):
+            raise FrameError(
+                f"camera {name!r}: expected a {expected[1]}x{expected[0]} (w x h) RGB image, "
+                f"got {image.dtype} with shape {image.shape}"
+            )
+        return image
+
+    def run(self, frames: Mapping[str, bytes | NDArray[np.uint8]]) -> BevResult:
+        """Encoded images (or decoded RGB arrays) by camera name to the BEV grid."""
+        self._check_cameras(frames)
+        names = self.rig.camera_names
+        clock = _Clock()
+        images = list(self._pool.map(lambda n: self._decode(n, frames[n]), names))
+        clock.lap("decode")
+        batch = np.stack(list(self._pool.map(lambda im: resize_images(im[None], self.input_size_hw)[0], images)))
+        clock.lap("resize")
+        seg = self.segmenter.segment(batch, confidence=self.confidence_fusion)
+        clock.lap("segment", sync=seg.labels)
+        grid = self.projector.warp_labels(seg.labels, seg.confidence)
+        clock.lap("warp", sync=grid)
+        copied = _handed_over_bytes(seg.labels, seg.confidence, grid)
+        if isinstance(grid, torch.Tensor):
+            grid = grid.cpu().numpy()
+        clock.lap("to_host")
+        encoded = self.encoder(grid) if self.encoder is not None else None
+        clock.lap("encode")
+        return BevResult(grid=grid, encoded=encoded, timings_ms=clock.result(), device_to_host_bytes=copied)
+
+
+def _handed_over_bytes(labels: object, confidence: object, grid: object) -> int:
+    """Bytes that leave the backend's memory for the host: the grid when the warp ran beside the
+    network (torch, any device), else the label maps (and confidence) ONNX Runtime hands back."""
+    if isinstance(grid, torch.Tensor):
+        return grid.numel() * grid.element_size()
+    return sum(int(a.nbytes) for a in (labels, confidence) if isinstance(a, np.ndarray))
+
+
+class _Clock:
+    """Stage laps in milliseconds; CUDA work is waited for so that each lap holds its own stage."""
+
+    def __init__(self) -> None:
+        self.began = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, stage: str, sync: object = None) -> None:
+        if isinstance(sync, torch.Tensor) and sync.device.type == "cuda":
+            torch.cuda.synchronize(sync.device)
+        now = time.perf_counter()
+        self.laps[stage] = round((now - self.last) * 1000.0, 3)
+        self.last = now
+
+    def result(self) -> dict[str, float]:
+        return {**self.laps, "total": round((self.last - self.began) * 1000.0, 3)}

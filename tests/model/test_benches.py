@@ -1,0 +1,38 @@
+"""bench/model.py and bench/pipeline.py in quick mode: they run and close with the JSON line the
+issue asks for. Timings are not asserted (the machine is shared); sizes and bytes are."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from bench import model as model_bench
+from bench import pipeline as pipeline_bench
+from bench._common import parse_json_line
+
+
+def run(main: object, argv: list[str]) -> tuple[str, dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0  # type: ignore[operator]
+    return out.getvalue(), parse_json_line(out.getvalue())
+
+
+def test_model_bench_compares_pruned_with_unpruned() -> None:
+    _, figures = run(
+        model_bench.main, ["--untrained", "--quick", "--no-onnx", "--width", "0.5", "--size", "96x64", "--ratio", "0.5"]
+    )
+    assert figures["bench"] == "model"
+    for key in ("macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup"):
+        assert key in figures
+    assert figures["macs_ratio"] > 1.5 and figures["params"]["pruned"] < figures["params"]["unpruned"]
+    assert figures["trained"] is False and figures["miou_drop"] is None and figures["input_size_hw"] == [64, 96]
+
+
+def test_pipeline_bench_hands_back_only_the_grid() -> None:
+    text, figures = run(pipeline_bench.main, ["--quick", "--backend", "torch", "--repeat", "2"])
+    assert figures["bench"] == "pipeline" and figures["backend"] == "torch-cpu"
+    assert figures["device_to_host_bytes"] == figures["grid_bytes"] == 400 * 400
+    assert set(figures["stages_ms"]) == {"decode", "resize", "segment", "warp", "to_host", "encode", "total"}
+    assert 0 < figures["median_ms"] <= figures["p99_ms"] and figures["frame_size_hw"] == [640, 960]
+    assert "stages (median ms)" in text
