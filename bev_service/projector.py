@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, overload
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -89,14 +90,22 @@ class BevProjector:
         return self._warp_labels_torch(labels, confidence, size)
 
     def _warp_labels_numpy(self, labels: NDArray[np.uint8], confidence: Any, table: LabelGatherTable) -> NDArray[np.uint8]:
-        flat = np.ascontiguousarray(labels).reshape(-1)
-        if confidence is None:
-            out = flat.take(table.index)
+        labels = np.ascontiguousarray(labels)
+        flat = labels.reshape(-1)
+        if confidence is None and table.stacked_xy is not None and labels.dtype == np.uint8:
+            # The same gather as `index`, run by OpenCV's remap (nearest, fixed-point table) over
+            # the cameras stacked into one image: SIMD and multi-threaded, ~2x np.take here.
+            stacked = labels.reshape(-1, labels.shape[-1])  # (N * h, w), no copy
+            out = cv2.remap(stacked, table.stacked_xy, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # type: ignore[call-overload]  # stubs lack map2=None
+            out = out.reshape(-1)
+        elif confidence is None:
+            # Indices are in range by construction: mode="wrap" skips numpy's bounds-check pass.
+            out = flat.take(table.index, mode="wrap")
         else:
             conf = np.where(table.per_camera_seen, np.asarray(confidence).reshape(-1).take(table.per_camera_index), -np.inf)
             best = conf.argmax(axis=0)  # (cells,)
             out = flat.take(table.per_camera_index[best, np.arange(best.size)])
-        np.copyto(out, table.fill, where=table.fixed)
+        out[table.fixed_index] = table.fixed_fill
         return out.reshape(self.grid_shape)
 
     def _torch_tables(self, size: tuple[int, int], device: torch.device) -> dict[str, Any]:
@@ -108,8 +117,8 @@ class BevProjector:
             table = self.label_table(size)
             cached = {
                 "index": torch.from_numpy(table.index.astype(np.int64)).to(device),
-                "fixed": torch.from_numpy(table.fixed).to(device),
-                "fill": torch.from_numpy(table.fill).to(device),
+                "fixed_index": torch.from_numpy(table.fixed_index.astype(np.int64)).to(device),
+                "fixed_fill": torch.from_numpy(table.fixed_fill).to(device),
                 "per_camera_index": torch.from_numpy(table.per_camera_index.astype(np.int64)).to(device),
                 "per_camera_seen": torch.from_numpy(table.per_camera_seen).to(device),
             }
@@ -120,16 +129,20 @@ class BevProjector:
     def _warp_labels_torch(self, labels: torch.Tensor, confidence: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         import torch
 
+        if labels.device.type == "cpu" and confidence is None and labels.dtype == torch.uint8:
+            # On the CPU the NumPy gather is the same memory and ~2x faster than indexing a tensor.
+            table = self.label_table(size)
+            return torch.from_numpy(self._warp_labels_numpy(labels.contiguous().numpy(), None, table))
         t = self._torch_tables(size, labels.device)
         flat = labels.reshape(-1)
         if confidence is None:
-            out = flat[t["index"]]
+            out = flat.index_select(0, t["index"])
         else:
             conf = confidence.reshape(-1)[t["per_camera_index"]].float()
             conf = conf.masked_fill(~t["per_camera_seen"], float("-inf"))
             best = conf.argmax(dim=0)  # (cells,)
             out = flat[t["per_camera_index"].gather(0, best[None]).squeeze(0)]
-        out = torch.where(t["fixed"], t["fill"], out)
+        out[t["fixed_index"]] = t["fixed_fill"].to(out.dtype)
         return out.reshape(self.grid_shape)
 
     def warp_image(self, images: NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -97,17 +97,26 @@ def build_ground_tables(rig: Rig) -> GroundTables:
 class LabelGatherTable:
     """Flat indices into a stacked (N, h, w) label batch, one per grid cell (nearest neighbour).
 
-    index: (rows * cols,) int32, into the owner camera's map (0 on fixed cells).
+    index: (rows * cols,) intp, into the owner camera's map (0 on fixed cells); intp so that
+      ``np.take`` uses it as is instead of converting 160k indices on every call.
     fixed: (rows * cols,) bool, cells not read from any camera (unknown, ego).
     fill: (rows * cols,) uint8, the value of fixed cells.
+    fixed_index / fixed_fill: the fixed cells' flat positions and values (a few thousand), so the
+      warp overwrites only them.
+    stacked_xy: (rows, cols, 2) int16 (column, row) of each cell's pixel in the cameras' maps stacked
+      vertically into one (N * h, w) image, (-1, -1) on fixed cells: the same gather as ``index``
+      in the form of an OpenCV fixed-point remap table; None when N * h or w exceeds int16.
     per_camera_index / per_camera_seen: (N, rows * cols), every camera's pixel for every cell, for
       confidence fusion.
     """
 
     input_size_hw: tuple[int, int]
-    index: NDArray[np.int32]
+    index: NDArray[np.intp]
     fixed: NDArray[np.bool_]
     fill: NDArray[np.uint8]
+    fixed_index: NDArray[np.intp]
+    fixed_fill: NDArray[np.uint8]
+    stacked_xy: NDArray[np.int16] | None
     per_camera_index: NDArray[np.int32]
     per_camera_seen: NDArray[np.bool_]
 
@@ -146,15 +155,27 @@ def label_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> 
     per_camera = np.where(seen, (camera * h + rows) * w + cols, 0).reshape(n, -1)
     owner = tables.owner.reshape(-1)
     fixed = owner == NO_CAMERA
+    fill = tables.fixed_values().reshape(-1)
     index = per_camera[np.maximum(owner, 0), np.arange(owner.size)]
     return LabelGatherTable(
         input_size_hw=(h, w),
-        index=np.where(fixed, 0, index).astype(np.int32),
+        index=np.where(fixed, 0, index).astype(np.intp),
         fixed=fixed,
-        fill=tables.fixed_values().reshape(-1),
+        fill=fill,
+        fixed_index=np.flatnonzero(fixed),
+        fixed_fill=fill[fixed],
+        stacked_xy=_stacked_xy(np.where(fixed, -1, index), (n * h, w), tables.grid.shape),
         per_camera_index=per_camera.astype(np.int32),
         per_camera_seen=seen.reshape(n, -1),
     )
+
+
+def _stacked_xy(index: NDArray[np.int64], stacked_hw: tuple[int, int], grid_shape: tuple[int, int]) -> NDArray[np.int16] | None:
+    if max(stacked_hw) > np.iinfo(np.int16).max:
+        return None
+    row, col = np.divmod(index, stacked_hw[1])
+    xy = np.stack([np.where(index < 0, -1, col), np.where(index < 0, -1, row)], axis=-1)
+    return xy.astype(np.int16).reshape(*grid_shape, 2)
 
 
 @dataclass(frozen=True)
