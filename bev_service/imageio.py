@@ -4,6 +4,7 @@ clear FrameErrors."""
 from __future__ import annotations
 
 import io
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import cv2
@@ -46,6 +47,18 @@ def decode_labels(data: bytes, *, name: str = "labels") -> NDArray[np.uint8]:
     if mode not in ("L", "P"):
         raise FrameError(f"{name}: a label map must be single-channel 8-bit (grey or palette), got mode {mode!r}")
     return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def check_camera_set(given: Collection[str], camera_names: Sequence[str]) -> None:
+    """FrameError unless a frame set has exactly the rig's cameras, naming what is missing or extra."""
+    missing = [n for n in camera_names if n not in given]
+    extra = sorted(set(given) - set(camera_names))
+    if missing or extra:
+        raise FrameError(
+            f"expected {len(camera_names)} cameras ({', '.join(camera_names)}), got {len(given)}"
+            + (f": missing {', '.join(map(repr, missing))}" if missing else "")
+            + (f"; unknown {', '.join(map(repr, extra))}" if extra else "")
+        )
 
 
 def _read(path: str | Path) -> bytes:

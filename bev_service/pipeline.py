@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from bev_service.errors import FrameError
 from bev_service.geometry.rig import Rig
-from bev_service.imageio import decode_image, encode_png
+from bev_service.imageio import check_camera_set, decode_image, encode_png
 from bev_service.model.backends import Segmenter
 from bev_service.model.data import resize_images
 from bev_service.model.weights import ModelError
@@ -73,15 +73,7 @@ class BevPipeline:
         self._pool.shutdown(wait=False)
 
     def _check_cameras(self, frames: Mapping[str, object]) -> None:
-        names = self.rig.camera_names
-        missing = [n for n in names if n not in frames]
-        extra = sorted(set(frames) - set(names))
-        if missing or extra:
-            raise FrameError(
-                f"expected {len(names)} cameras ({', '.join(names)}), got {len(frames)}"
-                + (f": missing {', '.join(map(repr, missing))}" if missing else "")
-                + (f"; unknown {', '.join(map(repr, extra))}" if extra else "")
-            )
+        check_camera_set(frames.keys(), self.rig.camera_names)
 
     def _decode(self, name: str, frame: bytes | NDArray[np.uint8]) -> NDArray[np.uint8]:
         image = decode_image(frame, name=name) if isinstance(frame, bytes | bytearray) else np.asarray(frame)

@@ -11,7 +11,7 @@ import numpy as np
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import FrameError
-from bev_service.imageio import read_image, read_labels, write_png
+from bev_service.imageio import check_camera_set, read_image, read_labels, write_png
 from bev_service.projector import BevProjector
 
 
@@ -39,14 +39,7 @@ def parse_frame_args(pairs: list[str], camera_names: tuple[str, ...]) -> dict[st
         if name in frames:
             raise FrameError(f"camera {name!r} given twice")
         frames[name] = path
-    missing = [n for n in camera_names if n not in frames]
-    extra = sorted(set(frames) - set(camera_names))
-    if missing or extra:
-        raise FrameError(
-            f"expected {len(camera_names)} cameras ({', '.join(camera_names)}), got {len(frames)}"
-            + (f": missing {', '.join(map(repr, missing))}" if missing else "")
-            + (f"; unknown {', '.join(map(repr, extra))}" if extra else "")
-        )
+    check_camera_set(frames.keys(), camera_names)
     return frames
 
 
