@@ -100,7 +100,6 @@ class LabelGatherTable:
     index: (rows * cols,) intp, into the owner camera's map (0 on fixed cells); intp so that
       ``np.take`` uses it as is instead of converting 160k indices on every call.
     fixed: (rows * cols,) bool, cells not read from any camera (unknown, ego).
-    fill: (rows * cols,) uint8, the value of fixed cells.
     fixed_index / fixed_fill: the fixed cells' flat positions and values (a few thousand), so the
       warp overwrites only them.
     stacked_xy: (rows, cols, 2) int16 (column, row) of each cell's pixel in the cameras' maps stacked
@@ -113,7 +112,6 @@ class LabelGatherTable:
     input_size_hw: tuple[int, int]
     index: NDArray[np.intp]
     fixed: NDArray[np.bool_]
-    fill: NDArray[np.uint8]
     fixed_index: NDArray[np.intp]
     fixed_fill: NDArray[np.uint8]
     stacked_xy: NDArray[np.int16] | None
@@ -161,7 +159,6 @@ def label_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> 
         input_size_hw=(h, w),
         index=np.where(fixed, 0, index).astype(np.intp),
         fixed=fixed,
-        fill=fill,
         fixed_index=np.flatnonzero(fixed),
         fixed_fill=fill[fixed],
         stacked_xy=_stacked_xy(np.where(fixed, -1, index), (n * h, w), tables.grid.shape),
