@@ -54,7 +54,7 @@ bench: $(STAMP)
 # Trains, prunes, exports and evaluates the shipped network (issue 4; up to 60 min on 2 cores).
 train: $(STAMP)
 	$(BIN)/bev train --out-dir $(BUILD)/train --steps 4000 --seed 0 --threads 2 --resume
-	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --threads 2
+	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.5 --threads 2
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
 	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx

@@ -22,9 +22,9 @@ from numpy.typing import NDArray
 
 from bev_service.errors import FrameError
 from bev_service.geometry.rig import Rig
-from bev_service.imageio import check_camera_set, decode_image, encode_png
+from bev_service.imageio import DEFAULT_MAX_PIXELS, check_camera_set, check_whole_factor, decode_image, decode_labels, encode_png
 from bev_service.model.backends import Segmenter
-from bev_service.model.data import resize_images
+from bev_service.model.data import resize_images, resize_labels
 from bev_service.model.weights import ModelError
 from bev_service.projector import BevProjector
 
@@ -44,6 +44,14 @@ class BevResult:
     device_to_host_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A frame set ready for the network: the (N, H, W, 3) input batch in rig order and what decoding it took."""
+
+    batch: NDArray[np.uint8]
+    timings_ms: dict[str, float]
+
+
 class BevPipeline:
     """Frames of one rig to its BEV grid through one segmenter."""
 
@@ -56,6 +64,7 @@ class BevPipeline:
         confidence_fusion: bool = False,
         encoder: Callable[[NDArray[np.uint8]], bytes] | None = encode_png,
         decode_threads: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.rig = rig
         self.segmenter = segmenter
@@ -63,6 +72,7 @@ class BevPipeline:
         self.confidence_fusion = confidence_fusion
         self.encoder = encoder
         self.input_size_hw = segmenter.input_size_hw
+        self.max_pixels = max_pixels
         try:
             self.projector.label_table(self.input_size_hw)  # built now, not on the first request
         except ValueError as exc:
@@ -76,35 +86,82 @@ class BevPipeline:
         check_camera_set(frames.keys(), self.rig.camera_names)
 
     def _decode(self, name: str, frame: bytes | NDArray[np.uint8]) -> NDArray[np.uint8]:
-        image = decode_image(frame, name=name) if isinstance(frame, bytes | bytearray) else np.asarray(frame)
-        expected = self.rig.camera(name).image_size_hw
-        if image.dtype != np.uint8 or image.shape != (*expected, 3):
-            raise FrameError(
-                f"camera {name!r}: expected a {expected[1]}x{expected[0]} (w x h) RGB image, "
-                f"got {image.dtype} with shape {image.shape}"
-            )
+        """One camera's image, decoded; the calibrated size or smaller by a whole factor (the
+        network input is a resize either way)."""
+        if isinstance(frame, bytes | bytearray):
+            image = decode_image(bytes(frame), name=name, max_pixels=self.max_pixels)
+        else:
+            image = np.asarray(frame)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise FrameError(f"camera {name!r}: expected an RGB uint8 image, got {image.dtype} with shape {image.shape}")
+        check_whole_factor(image.shape[:2], self.rig.camera(name).image_size_hw, name=name)
         return image
 
-    def run(self, frames: Mapping[str, bytes | NDArray[np.uint8]]) -> BevResult:
-        """Encoded images (or decoded RGB arrays) by camera name to the BEV grid."""
+    def decode(self, frames: Mapping[str, bytes | NDArray[np.uint8]]) -> Decoded:
+        """A frame set to the network's input batch: checks the cameras, decodes (one thread per
+        camera) and resizes. FrameError names the first bad camera."""
+        clock = _Clock()
         self._check_cameras(frames)
         names = self.rig.camera_names
-        clock = _Clock()
         images = list(self._pool.map(lambda n: self._decode(n, frames[n]), names))
         clock.lap("decode")
         batch = np.stack(list(self._pool.map(lambda im: resize_images(im[None], self.input_size_hw)[0], images)))
         clock.lap("resize")
-        seg = self.segmenter.segment(batch, confidence=self.confidence_fusion)
+        return Decoded(batch=batch, timings_ms=clock.laps)
+
+    def run(self, frames: Mapping[str, bytes | NDArray[np.uint8]]) -> BevResult:
+        """Encoded images (or decoded RGB arrays) by camera name to the BEV grid."""
+        return self.run_decoded([self.decode(frames)])[0]
+
+    def run_decoded(self, decoded: list[Decoded]) -> list[BevResult]:
+        """Decoded frame sets to their grids through one network call: frame sets of one rig batch
+        together (N cameras times len(decoded) images). Each result's segment time is its share."""
+        clock = _Clock()
+        n = len(self.rig.cameras)
+        seg = self.segmenter.segment(np.concatenate([d.batch for d in decoded]), confidence=self.confidence_fusion)
         clock.lap("segment", sync=seg.labels)
-        grid = self.projector.warp_labels(seg.labels, seg.confidence)
-        clock.lap("warp", sync=grid)
-        copied = _handed_over_bytes(seg.labels, seg.confidence, grid)
-        if isinstance(grid, torch.Tensor):
-            grid = grid.cpu().numpy()
-        clock.lap("to_host")
+        out = []
+        segment_ms = round(clock.laps["segment"] / len(decoded), 3)
+        for i, d in enumerate(decoded):
+            shared = {**d.timings_ms, "segment": segment_ms}
+            part = _Clock()
+            labels = seg.labels[i * n : (i + 1) * n]
+            confidence = seg.confidence[i * n : (i + 1) * n] if seg.confidence is not None else None
+            grid = self.projector.warp_labels(labels, confidence)
+            part.lap("warp", sync=grid)
+            copied = _handed_over_bytes(labels, confidence, grid)
+            if isinstance(grid, torch.Tensor):
+                grid = grid.cpu().numpy()
+            part.lap("to_host")
+            encoded = self.encoder(grid) if self.encoder is not None else None
+            part.lap("encode")
+            timings = {**shared, **part.laps}
+            timings["total"] = round(sum(timings.values()), 3)
+            out.append(BevResult(grid=grid, encoded=encoded, timings_ms=timings, device_to_host_bytes=copied))
+        return out
+
+    def fuse(self, label_maps: Mapping[str, bytes | NDArray[np.uint8]]) -> BevResult:
+        """Fusion only: per-camera label maps (class ids; PNG bytes or (h, w) uint8 arrays), the
+        calibrated size or smaller by a whole factor, warped and fused into the grid. No network."""
+        self._check_cameras(label_maps)
+        clock = _Clock()
+        maps = []
+        for name in self.rig.camera_names:
+            data = label_maps[name]
+            if isinstance(data, bytes | bytearray):
+                labels = decode_labels(bytes(data), name=name, max_pixels=self.max_pixels)
+            else:
+                labels = np.asarray(data)
+            if labels.dtype != np.uint8 or labels.ndim != 2:
+                raise FrameError(f"camera {name!r}: a label map is (h, w) uint8 class ids, got {labels.dtype} {labels.shape}")
+            check_whole_factor(labels.shape, self.rig.camera(name).image_size_hw, name=name)
+            maps.append(resize_labels(labels[None], self.input_size_hw)[0])
+        clock.lap("decode")
+        grid = self.projector.warp_labels(np.stack(maps))
+        clock.lap("warp")
         encoded = self.encoder(grid) if self.encoder is not None else None
         clock.lap("encode")
-        return BevResult(grid=grid, encoded=encoded, timings_ms=clock.result(), device_to_host_bytes=copied)
+        return BevResult(grid=grid, encoded=encoded, timings_ms=clock.result(), device_to_host_bytes=0)
 
 
 def _handed_over_bytes(labels: object, confidence: object, grid: object) -> int:

@@ -2,12 +2,15 @@
 
 Read top to bottom: the blocks, the network, its channel table and the public builder ``enet``, and
 ``fold_batch_norms`` for inference. The layout follows the paper's Table 1: an initial block that downsamples at once
-(3x3 stride-2 convolution beside a max pool), stage 1 (one downsampling and four regular bottlenecks),
+(a 3x3 stride-2 convolution), stage 1 (one downsampling and four regular bottlenecks),
 stages 2 and 3 (regular, dilated and asymmetric 5x1 / 1x5 bottlenecks at 1/8 resolution), a small
 decoder (stages 4 and 5) and a transposed-convolution classifier at full resolution.
 
 Departures from the paper, each so that structured channel pruning (Torch-Pruning) and ONNX export
 see a plain graph:
+- The initial block is the 3x3 stride-2 convolution alone, without the paper's max-pooled input
+  concatenated beside it: the 3 pooled channels cannot be pruned, and so they kept the whole
+  half-resolution trunk (stage 5 and the classifier, a third of the CPU time) at full width after pruning.
 - Downsampling bottlenecks project their max-pooled shortcut with a 1x1 convolution instead of
   zero-padding its channels (zero-padding ties channel indices in a way a dependency graph cannot prune).
 - Upsampling bottlenecks upsample their shortcut bilinearly instead of max-unpooling with the
@@ -15,8 +18,7 @@ see a plain graph:
   encoder (stage 1 into stage 4, the initial block into stage 5), as in LinkNet (Chaurasia and
   Culurciello, 2017). Thin classes (lane markings) need those full-resolution cues.
 - ReLU by default (PReLU is an option): ONNX Runtime fuses Conv+ReLU; the paper's PReLU costs latency.
-- No input normalisation: the initial block's batch norm follows the concatenation at once and
-  normalises the convolved and the pooled input channels alike.
+- No input normalisation: the initial block's batch norm follows its convolution at once.
 
 Every channel count is explicit: ``default_channels(width)`` gives the table for a width multiplier
 and ``ENet.channel_spec()`` reads it back from a (possibly pruned) network, so that ``enet(channels=...)``
@@ -65,19 +67,12 @@ def _conv(c_in: int, c_out: int, kernel: int | tuple[int, int], **kw: int | tupl
     return nn.Conv2d(c_in, c_out, kernel, bias=False, **kw)  # type: ignore[arg-type]
 
 
-class InitialBlock(nn.Module):
-    """A 3x3 stride-2 convolution concatenated with a 2x2 max pool of the input (paper, Fig. 2a)."""
+class InitialBlock(ConvBN):
+    """Early downsampling: a 3x3 stride-2 convolution, its batch norm and activation (paper, Fig. 2a,
+    without the max-pooled input beside it; see the module notes)."""
 
-    def __init__(self, in_channels: int, conv_channels: int, act: Activation) -> None:
-        super().__init__()
-        self.conv = _conv(in_channels, conv_channels, 3, stride=2, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.bn = nn.BatchNorm2d(conv_channels + in_channels)
-        self.act = _act(act, conv_channels + in_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.conv(x), self.pool(x)], dim=1)  # (N, conv + in, H/2, W/2)
-        return self.act(self.bn(x))
+    def __init__(self, in_channels: int, channels: int, act: Activation) -> None:
+        super().__init__(_conv(in_channels, channels, 3, stride=2, padding=1), act)
 
 
 class Bottleneck(nn.Module):
@@ -202,7 +197,7 @@ class ENet(nn.Module):
             value = c[name]
             return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
 
-        trunk0 = count("initial") + in_channels  # stage 5 adds onto the initial block's output
+        trunk0 = count("initial")  # stage 5 adds onto the initial block's output
         trunk1, trunk2 = count("stage1"), count("stage2")  # stage 4 adds onto stage 1's output
 
         def regular(name: str, width: int, p: float, kind: BlockKind = "regular", dilation: int = 1) -> Bottleneck:
@@ -264,10 +259,8 @@ def default_channels(width: float = 1.0, in_channels: int = 3) -> dict[str, int 
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
     t0, t1, t2 = _scaled(16, width), _scaled(64, width), _scaled(128, width)
-    if t0 <= in_channels:
-        raise ValueError(f"width {width} leaves the initial block no convolution channels")
     i1, i2 = _scaled(16, width), _scaled(32, width)
-    spec: dict[str, int | list[int]] = {"initial": t0 - in_channels, "stage1": t1, "stage2": t2}
+    spec: dict[str, int | list[int]] = {"initial": t0, "stage1": t1, "stage2": t2}
     spec["stage1.0"] = [i1, i1]
     spec.update({f"stage1.{i}": [i1, i1] for i in range(1, 5)})
     spec["stage2.0"] = [i2, i2]

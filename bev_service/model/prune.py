@@ -2,15 +2,14 @@
 
 How to run:
 
-    bev prune --model build/train/model.pt --out build/prune/model.pt --ratio 0.4
+    bev prune --model build/train/model.pt --out build/prune/model.pt --ratio 0.5
 
 Torch-Pruning (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023) groups the
 layers whose channels must go together (a residual trunk, a conv with its batch norm and its
 consumer) and ranks each group's channels by the L1 norm of their weights (``GroupMagnitudeImportance(p=1)``).
 ``iterative_steps`` steps each remove a further share of every group up to ``ratio``, with channel
-counts rounded down to multiples of 8, and fine-tune in between. The class head is kept, and so is
-the initial block's convolution: its output is concatenated with the 3 pooled input channels, so
-no multiple of 8 fits it, and it costs little. The pruned channel table goes into the model config,
+counts rounded down to multiples of 8 (never below 8), and fine-tune in between. The class head
+is kept. The pruned channel table goes into the model config,
 so the pruned network reloads from a weights-only file.
 """
 
@@ -63,7 +62,7 @@ def prune_network(
         pruning_ratio=ratio,
         iterative_steps=iterative_steps,
         round_to=ROUND_TO,
-        ignored_layers=[model.head, model.initial.conv],
+        ignored_layers=[model.head],
     )
     for k in range(iterative_steps):
         pruner.step()

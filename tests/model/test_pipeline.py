@@ -17,7 +17,7 @@ from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import decode_labels
 from bev_service.model.backends import OnnxSegmenter, TorchSegmenter
-from bev_service.model.data import resize_images
+from bev_service.model.data import resize_images, resize_labels
 from bev_service.model.weights import ModelError
 from bev_service.pipeline import STAGES, BevPipeline
 from bev_service.projector import BevProjector
@@ -92,9 +92,47 @@ def test_bad_frame_sets_are_frame_errors(rig: Rig, projector: BevProjector) -> N
         pipeline.run({**frames, "roof": frames["front"]})
     with pytest.raises(FrameError, match="cannot decode"):
         pipeline.run({**frames, "left": b"not a jpeg"})
-    small = cv2.imencode(".jpg", np.zeros((320, 480, 3), np.uint8))[1].tobytes()
-    with pytest.raises(FrameError, match=r"camera 'front': expected a 960x640"):
-        pipeline.run({**frames, "front": small})
+    odd = cv2.imencode(".jpg", np.zeros((320, 400, 3), np.uint8))[1].tobytes()
+    with pytest.raises(FrameError, match=r"front: got a 400x320 .* calibrated at 960x640"):
+        pipeline.run({**frames, "front": odd})
+    truncated = frames["rear"][: len(frames["rear"]) // 2]
+    with pytest.raises(FrameError, match="rear: truncated JPEG"):
+        pipeline.run({**frames, "rear": truncated})
+
+
+def test_images_smaller_by_a_whole_factor_are_accepted(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    frames = jpeg_frames(rig, seed=2)
+
+    def shrunk(data: bytes, factor: int) -> bytes:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return cv2.imencode(".png", cv2.resize(image, (960 // factor, 640 // factor), interpolation=cv2.INTER_AREA))[1].tobytes()
+
+    full = pipeline.run(frames).grid
+    for factor in (2, 4):
+        grid = pipeline.run({k: shrunk(v, factor) for k, v in frames.items()}).grid
+        assert np.mean(grid == full) > 0.9  # the same scene through the same 96x64 input; only resampling differs
+
+
+def test_batched_frame_sets_equal_one_at_a_time(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    sets = [jpeg_frames(rig, seed=s) for s in (3, 4)]
+    batched = pipeline.run_decoded([pipeline.decode(f) for f in sets])
+    for frames, result in zip(sets, batched, strict=True):
+        np.testing.assert_array_equal(result.grid, pipeline.run(frames).grid)
+        assert set(result.timings_ms) == {*STAGES, "total"}
+
+
+def test_fusion_only_warps_the_given_label_maps(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    rng = np.random.default_rng(5)
+    maps = {cam.name: rng.integers(0, 8, size=(320, 480), dtype=np.uint8) for cam in rig.cameras}
+    pngs = {k: cv2.imencode(".png", v)[1].tobytes() for k, v in maps.items()}
+    result = pipeline.fuse(pngs)
+    by_hand = projector.warp_labels(np.stack([resize_labels(maps[n][None], TINY.input_size_hw)[0] for n in rig.camera_names]))
+    np.testing.assert_array_equal(result.grid, by_hand)
+    with pytest.raises(FrameError, match="single-channel"):
+        pipeline.fuse({**pngs, "front": cv2.imencode(".png", np.zeros((320, 480, 3), np.uint8))[1].tobytes()})
 
 
 def test_a_model_input_that_does_not_fit_the_rig_is_refused(rig: Rig, projector: BevProjector) -> None:

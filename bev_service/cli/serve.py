@@ -1,0 +1,59 @@
+"""``bev serve``: the service on uvicorn (flags override the ``BEV_*`` environment variables).
+
+bev serve                          # 127.0.0.1:8000, shipped model, default rig, viewer at /
+BEV_API_TOKEN=secret bev serve --host 0.0.0.0 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bev_service.errors import ModelError
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve the REST API, the WebSocket stream and the viewer",
+        description="Serve the BEV service with uvicorn. Every flag overrides its BEV_* environment variable "
+        "(BEV_HOST, BEV_PORT, BEV_MODEL, BEV_BACKEND, BEV_RIG, BEV_RIGS_DIR; BEV_API_TOKEN only from the environment).",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--model", type=Path, help="model weights (default models/enet-pruned.pt)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], help="inference backend (default auto)")
+    p.add_argument("--device", help="torch device for the torch backend (cpu, cuda)")
+    p.add_argument("--rig", type=Path, help="default rig file (default calibration/default_rig.yaml)")
+    p.add_argument("--rigs-dir", type=Path, help="where PUT /v1/rigs stores rigs (default build/rigs)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bev_service.service.app import create_app
+    from bev_service.service.settings import Settings
+    from bev_service.service.state import resolve_model
+
+    overrides = {
+        k: v
+        for k in ("host", "port", "model", "backend", "device", "rig", "rigs_dir", "log_level")
+        if (v := getattr(args, k)) is not None
+    }
+    settings = Settings(**overrides)
+    path, backend = resolve_model(settings)  # a missing model fails here, before the port opens
+    if not Path(settings.rig).is_file():
+        raise ModelError(f"rig file {settings.rig} does not exist (set --rig or BEV_RIG)")
+    print(f"bev serve: http://{settings.host}:{settings.port}/ (viewer), model {path} on {backend}", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.ws_max_message_bytes,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one app (its own registry, so that several apps in one process, as in the
+tests, do not share counters)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("bev_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.frames = Counter("bev_frame_sets", "Frame sets answered with a grid, by source", ["source"], registry=r)
+        self.bad_frames = Counter("bev_bad_frame_sets", "Frame sets refused for bad input, by source", ["source"], registry=r)
+        self.stage = Histogram("bev_stage_seconds", "Pipeline stage latency", ["stage"], buckets=STAGE_BUCKETS_S, registry=r)
+        self.request_latency = Histogram(
+            "bev_request_seconds", "Frame set latency as a client sees it", ["source"], buckets=STAGE_BUCKETS_S, registry=r
+        )
+        self.queue_depth = Gauge("bev_queue_depth", "Frame sets waiting for the network", registry=r)
+        self.queue_wait = Histogram("bev_queue_wait_seconds", "Wait for the network", buckets=STAGE_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("bev_batch_size", "Frame sets per network call", buckets=(1, 2, 3, 4, 6, 8), registry=r)
+        self.rejected = Counter("bev_overload_rejections", "Frame sets refused with 503 because the queue was full", registry=r)
+        self.dropped = Counter("bev_stream_dropped", "Stream frame sets dropped because a newer one arrived", registry=r)
+        self.streams = Gauge("bev_stream_connections", "Open WebSocket streams", registry=r)
+
+    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.stage.labels(stage=stage).observe(ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,45 @@
+"""Service settings: each field is a ``BEV_<NAME>`` environment variable (``BEV_API_TOKEN``, ``BEV_PORT``...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """What ``bev serve`` and ``create_app`` run with. Paths are relative to the working directory."""
+
+    model_config = SettingsConfigDict(env_prefix="BEV_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    model: Path = REPO / "models" / "enet-pruned.pt"
+    # auto: torch on CUDA when present, else ONNX Runtime on the .onnx beside the model when it exists, else torch on the CPU
+    backend: str = "auto"
+    device: str | None = None  # torch device for the torch backend (cpu, cuda, cuda:1)
+    rig: Path = REPO / "calibration" / "default_rig.yaml"  # served under its rig_id; the default rig of requests
+    rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start
+    api_token: str | None = None  # bearer token required on /v1 and the stream when set
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
+    max_image_pixels: Annotated[int, Field(gt=0)] = 4096 * 4096  # per decoded image: a decompression bomb stops here
+    queue_size: Annotated[int, Field(ge=1)] = 8  # frame sets waiting for the network; beyond it 503 with Retry-After
+    max_batch: Annotated[int, Field(ge=1)] = 2  # frame sets of one rig segmented in one network call
+    confidence_fusion: bool = False
+    warmup: bool = True
+    ws_max_message_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
+    demo_frames: Annotated[int, Field(ge=1)] = 24  # frame sets of the viewer's built-in synthetic drive
+    demo_scale: Annotated[float, Field(gt=0, le=1.0)] = 1.0  # the drive is rendered at this fraction of the rig's image size
+    log_level: str = "info"
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, got {value!r}")
+        return value

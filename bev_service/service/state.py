@@ -1,0 +1,121 @@
+"""What one running app holds: settings, metrics, and (once loaded) the model, the rigs and the engine.
+
+Loading runs in a background thread started with the app, so ``/healthz`` answers at once and
+``/readyz`` says 503 until the model is loaded, every rig's tables are built and a warm-up frame set
+has gone through the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bev_service.classes import palette
+from bev_service.errors import BevError, ModelError
+from bev_service.geometry.rig import Rig
+from bev_service.imageio import encode_label_png
+from bev_service.model.backends import Segmenter, load_segmenter
+from bev_service.pipeline import BevPipeline
+from bev_service.service.engine import Engine
+from bev_service.service.metrics import Metrics
+from bev_service.service.rigs import RigStore
+from bev_service.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PALETTE = palette()
+
+
+def encode_grid(grid: np.ndarray) -> bytes:
+    """The grid as the API sends it: an 8-bit palette PNG whose values are the class ids."""
+    return encode_label_png(grid, PALETTE)
+
+
+def resolve_model(settings: Settings) -> tuple[Path, str]:
+    """The model file and backend that ``settings.backend`` means on this machine (see ``Settings.backend``)."""
+    model, backend = Path(settings.model), settings.backend
+    if not model.is_file():
+        raise ModelError(f"model file {model} does not exist (train one with `make train`, or set BEV_MODEL)")
+    onnx = model if model.suffix.lower() == ".onnx" else model.with_suffix(".onnx")
+    if backend == "auto":
+        on_cuda = torch.cuda.is_available() and (settings.device or "cuda").startswith("cuda")
+        backend = "onnx" if model.suffix.lower() == ".onnx" or (not on_cuda and onnx.is_file()) else "torch"
+    if backend == "onnx":
+        if not onnx.is_file():
+            raise ModelError(f"the onnx backend needs {onnx} (write it with `bev export --model {model}`)")
+        model = onnx
+    return model, backend
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ServiceState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.segmenter: Segmenter | None = None
+        self.store: RigStore | None = None
+        self.engine: Engine | None = None
+        self.model_info: dict[str, Any] = {}
+        self.started_at = time.time()
+        self._loader = threading.Thread(target=self._load, name="bev-load", daemon=True)
+
+    def start(self) -> None:
+        self._loader.start()
+
+    def make_pipeline(self, rig: Rig) -> BevPipeline:
+        assert self.segmenter is not None
+        return BevPipeline(
+            rig,
+            self.segmenter,
+            confidence_fusion=self.settings.confidence_fusion,
+            encoder=encode_grid,
+            max_pixels=self.settings.max_image_pixels,
+        )
+
+    def _load(self) -> None:
+        began = time.perf_counter()
+        try:
+            path, backend = resolve_model(self.settings)
+            self.segmenter = load_segmenter(path, backend=backend, device=self.settings.device)
+            self.model_info = {
+                "path": str(path),
+                "file": path.name,
+                "sha256": file_sha256(path),
+                "backend": self.segmenter.backend,
+                "input_size_hw": list(self.segmenter.input_size_hw),
+                "config": self.segmenter.config.to_dict(),
+            }
+            self.store = RigStore(self.make_pipeline, Path(self.settings.rigs_dir), Path(self.settings.rig))
+            self.engine = Engine(queue_size=self.settings.queue_size, max_batch=self.settings.max_batch, metrics=self.metrics)
+            if self.settings.warmup:
+                for entry in self.store.entries():
+                    blank = {c.name: np.zeros((*c.image_size_hw, 3), np.uint8) for c in entry.rig.cameras}
+                    entry.pipeline.run(blank)
+            self.ready.set()
+            log.info("ready in %.1f s: model %s on %s, rigs %s", time.perf_counter() - began, path, backend, self.store.ids())
+        except (BevError, OSError, ValueError) as exc:
+            self.error = str(exc)
+            log.error("not ready: %s", exc)
+
+    def close(self) -> None:
+        self._loader.join(timeout=60)
+        if self.engine is not None:
+            self.engine.close()
+        if self.store is not None:
+            self.store.close()
