@@ -1,0 +1,299 @@
+"""The viewer in headless Chromium against a real uvicorn on a loopback port: the page loads its metadata,
+plays the demo drive through the WebSocket stream, paints the BEV in the class colours, and the browser
+logs no error. The screenshot lands in build/artifacts/viewer.png for people to look at."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import uvicorn
+import yaml
+
+from bev_service.model.weights import save_model
+from bev_service.service.app import create_app
+from bev_service.service.settings import Settings
+from tests.conftest import DEFAULT_RIG, REPO
+from tests.model.conftest import TINY, tiny_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = REPO / "build" / "artifacts"
+DEMO_FRAMES = 3
+TOKEN = "viewer-test-token"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMEDRIVER.exists() or not CHROMIUM.exists(),
+    reason=f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium and chromium-driver)",
+)
+
+
+# --- a real server -------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_server(settings: Settings, ready_timeout_s: float = 180.0) -> Iterator[str]:
+    """``create_app(settings)`` under uvicorn in a thread, on a socket bound before start (port 0, so no
+    race for a free port); yields the base URL once ``/readyz`` answers 200 (model loaded, warmed up)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            assert thread.is_alive(), "the server thread ended during start-up (see the log above)"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{base}/readyz not 200 within {ready_timeout_s} s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not shut down within 30 s"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("viewer-weights") / "tiny.pt"
+    save_model(path, tiny_model(), TINY, {"note": "untrained, for the viewer test"})
+    return path
+
+
+def viewer_settings(weights: Path, rigs_dir: Path, **overrides: Any) -> Settings:
+    """A tiny untrained network on the default rig, with a short demo drive rendered at a quarter of the
+    rig's image size (a whole factor, so its frames go through the rig's scaled tables)."""
+    fields: dict[str, Any] = {
+        "model": weights,
+        "backend": "torch",
+        "device": "cpu",
+        "rig": DEFAULT_RIG,
+        "rigs_dir": rigs_dir,
+        "demo_frames": DEMO_FRAMES,
+        "demo_scale": 0.25,
+        "log_level": "warning",
+    }
+    return Settings(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(viewer_settings(tiny_weights_path, tmp_path_factory.mktemp("rigs"))) as base:
+        yield base
+
+
+# --- a real browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1440,1500"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.execute_script("return document.getElementById(arguments[0]).textContent;", element_id)).strip()
+
+
+def severe_logs(driver: Any) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+CANVAS_COLOURS = """
+const canvas = document.getElementById('bev-canvas');
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+const counts = {};
+for (let i = 0; i < data.length; i += 4) {
+  const key = `${data[i]},${data[i + 1]},${data[i + 2]},${data[i + 3]}`;
+  counts[key] = (counts[key] || 0) + 1;
+}
+return {width: canvas.width, height: canvas.height, counts: counts};
+"""
+
+
+def canvas_colours(driver: Any) -> tuple[int, int, dict[tuple[int, ...], int]]:
+    """(width, height, {(r, g, b, a): pixel count}) of the BEV canvas."""
+    result = driver.execute_script(CANVAS_COLOURS)
+    counts = {tuple(int(v) for v in key.split(",")): n for key, n in result["counts"].items()}
+    return int(result["width"]), int(result["height"]), counts
+
+
+def grid_shape(rig_path: Path) -> tuple[int, int]:
+    grid = yaml.safe_load(rig_path.read_text())["grid"]
+    (x0, x1), (y0, y1), cell = grid["x_range_m"], grid["y_range_m"], grid["cell_size_m"]
+    return round((x1 - x0) / cell), round((y1 - y0) / cell)
+
+
+def frame_count(driver: Any) -> int:
+    return int(text_of(driver, "frame-count"))
+
+
+def frames_beyond(driver: Any, count: int) -> Callable[[], bool]:
+    """A wait condition that fails at once, with the page's own words, when the page reports an error."""
+
+    def condition() -> bool:
+        state = driver.execute_script("return document.getElementById('status').dataset.state;")
+        assert state != "error", f"the viewer reports: {text_of(driver, 'status')}"
+        return frame_count(driver) > count
+
+    return condition
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_page_and_assets_are_served(server: str) -> None:
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for element_id in ("bev-canvas", "frame-count", "fps", "play", "stop", "timings", "status"):
+        assert f'id="{element_id}"' in page.text
+    for asset, kind in (("viewer.js", "javascript"), ("viewer.css", "text/css")):
+        reply = httpx.get(f"{server}/viewer/{asset}")
+        assert reply.status_code == 200 and kind in reply.headers["content-type"], (asset, reply.headers)
+    assert "http://" not in page.text and "https://" not in page.text, "the page must fetch nothing from outside"
+
+
+def test_msgpack_codec_agrees_with_python(server: str, browser: Any) -> None:
+    """The hand-written encoder writes what the Python msgpack package writes (minimal forms), and the
+    decoder reads back what the service's packer produces."""
+    browser.get(f"{server}/")
+    front = bytes(range(256)) * 2
+    plain = {
+        "seq": 70000,
+        "small": 5,
+        "neg": [-5, -200, -70000, -3_000_000_000],
+        "big": 2**40,
+        "stamp": 1.5,
+        "name": "héllo" * 10,
+        "flags": [True, False, None],
+        "many": list(range(20)),
+    }
+    value = {**plain, "images": {"front": front, "left": b""}}  # bytes cannot cross into the page: added there
+    encoded = browser.execute_script(
+        """
+        const v = new Map(arguments[0]);
+        v.set('images', {front: new Uint8Array(arguments[1]), left: new Uint8Array(0)});
+        return Array.from(msgpackEncode(v));
+        """,
+        list(plain.items()),  # pairs: the driver does not keep a dict's key order, and msgpack maps are ordered
+        list(front),
+    )
+    assert bytes(encoded) == msgpack.packb(value)
+    decoded = browser.execute_script(
+        """
+        const v = msgpackDecode(new Uint8Array(arguments[0]));
+        v.images.front = Array.from(v.images.front);
+        v.images.left = Array.from(v.images.left);
+        return v;
+        """,
+        list(msgpack.packb(value)),
+    )
+    assert decoded.pop("images") == {"front": list(front), "left": []}
+    assert decoded == plain
+
+
+def test_demo_drive_plays_and_paints_the_bev(server: str, browser: Any) -> None:
+    browser.get_log("browser")  # drop what earlier tests logged
+    browser.get(f"{server}/")
+    classes = httpx.get(f"{server}/v1/classes").json()
+    classes = classes["classes"] if isinstance(classes, dict) else classes
+    wait_for(lambda: text_of(browser, "status") == "ready", "the page to load its metadata")
+    legend_items = browser.execute_script("return document.querySelectorAll('#legend li').length;")
+    assert legend_items == len(classes)
+
+    _, _, before = canvas_colours(browser)
+    assert set(before) == {(0, 0, 0, 0)}, "the canvas is painted before any grid arrived"
+    assert frame_count(browser) == 0
+
+    browser.find_element("id", "play").click()
+    wait_for(frames_beyond(browser, DEMO_FRAMES), f"more than {DEMO_FRAMES} grids (the drive loops)", timeout_s=120)
+    assert text_of(browser, "status") == "playing"
+    assert float(text_of(browser, "fps")) > 0
+    assert browser.execute_script("return document.querySelectorAll('#timings tr td.ms').length;") >= 1
+
+    cameras = wait_for(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('#camera-grid img')].filter(i => i.complete && i.naturalWidth > 0)"
+            ".map(i => i.dataset.camera);"
+        ),
+        "the camera frames to show",
+    )
+    assert len(cameras) == 4, cameras
+
+    width, height, counts = canvas_colours(browser)
+    assert (height, width) == grid_shape(DEFAULT_RIG), "the canvas holds one pixel per BEV cell"
+    palette = {(*c["color_rgb"], 255) for c in classes}
+    distinct = [colour for colour, n in counts.items() if n >= 20]
+    assert len(distinct) >= 3, f"expected several colours on the BEV canvas, got {counts}"
+    on_palette = sum(n for colour, n in counts.items() if colour in palette)
+    assert on_palette == width * height, f"colours off the class palette: {set(counts) - palette}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "viewer.png"))
+
+    browser.find_element("id", "stop").click()
+    wait_for(lambda: text_of(browser, "status").startswith("stopped"), "the stop to take effect")
+    time.sleep(0.5)  # a reply already on the wire may still be counted
+    stopped_at = frame_count(browser)
+    time.sleep(1.5)
+    assert frame_count(browser) == stopped_at, "frames kept arriving after Stop"
+
+    browser.find_element("id", "play").click()  # a second run opens a new stream and keeps counting
+    wait_for(frames_beyond(browser, stopped_at + 1), "grids after playing again")
+    browser.find_element("id", "stop").click()
+    assert severe_logs(browser) == []
+
+
+def test_token_is_sent_on_rest_and_stream(tiny_weights_path: Path, tmp_path: Path, browser: Any) -> None:
+    """With BEV_API_TOKEN set, the page without a token says so; with ?token= it loads and plays."""
+    settings = viewer_settings(tiny_weights_path, tmp_path / "rigs", api_token=TOKEN, warmup=False)
+    with running_server(settings) as base:
+        browser.get(f"{base}/")
+        wait_for(lambda: "401" in text_of(browser, "status"), "the page to report the missing token")
+        browser.get_log("browser")  # the refused requests are logged; they are the point here
+
+        browser.get(f"{base}/?token={TOKEN}")
+        wait_for(lambda: text_of(browser, "status") == "ready", "the page to load with the token")
+        browser.find_element("id", "play").click()
+        wait_for(frames_beyond(browser, 1), "grids over the authenticated stream", timeout_s=120)
+        browser.find_element("id", "stop").click()
+        assert severe_logs(browser) == []
