@@ -1,0 +1,70 @@
+"""The shipped networks in models/: they load without pickles, agree between backends and segment a
+held-out rendered frame set above a quality floor (the model card holds the full evaluation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bev_service.calib.rigfile import load_rig
+from bev_service.model.backends import OnnxSegmenter, TorchSegmenter
+from bev_service.model.data import ArraySource
+from bev_service.model.evaluate import evaluate
+from bev_service.model.synthdata import render_source
+from bev_service.model.weights import load_model
+from bev_service.projector import BevProjector
+from tests.conftest import DEFAULT_RIG
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+UNPRUNED, PRUNED = MODELS / "enet.pt", MODELS / "enet-pruned.pt"
+HELD_OUT_SEED = 100_003  # not a frame set bev train, bev prune or the model card's evaluation used
+
+pytestmark = pytest.mark.skipif(
+    not (UNPRUNED.is_file() and PRUNED.is_file()), reason="no shipped weights in models/ (make train writes them)"
+)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[ArraySource, BevProjector]:
+    rig = load_rig(DEFAULT_RIG)
+    size = load_model(PRUNED).config.input_size_hw
+    return render_source(rig, count=1, seed=HELD_OUT_SEED, input_size_hw=size), BevProjector(rig)
+
+
+def test_the_pruned_model_is_smaller_and_keeps_the_interface() -> None:
+    unpruned, pruned = load_model(UNPRUNED), load_model(PRUNED)
+    for path in (UNPRUNED, PRUNED):
+        torch.load(path, weights_only=True)  # tensors and plain values only
+    assert pruned.config.class_names == unpruned.config.class_names
+    assert pruned.config.input_size_hw == unpruned.config.input_size_hw
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(pruned.model) < 0.6 * count(unpruned.model)
+    report = pruned.info["prune_report"]
+    assert report["macs_ratio"] >= 2.0
+
+
+@pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
+def test_shipped_model_segments_a_held_out_frame_set(path: Path, held_out: tuple[ArraySource, BevProjector]) -> None:
+    source, projector = held_out
+    loaded = load_model(path)
+    report = evaluate(TorchSegmenter(loaded.model, loaded.config, device="cpu"), source, projector=projector).report()
+    assert report["image"]["miou"] > 0.6, json.dumps(report["image"])
+    assert report["bev_vs_oracle"]["miou"] > 0.5, json.dumps(report["bev_vs_oracle"])
+
+
+@pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
+def test_the_shipped_onnx_graph_agrees_with_torch(path: Path, held_out: tuple[ArraySource, BevProjector]) -> None:
+    onnx = path.with_suffix(".onnx")
+    if not onnx.is_file():
+        pytest.skip(f"{onnx.name} not shipped")
+    source, _ = held_out
+    images = source[0].images
+    loaded = load_model(path)
+    by_torch = TorchSegmenter(loaded.model, loaded.config, device="cpu").segment(images).labels_numpy()
+    by_ort = OnnxSegmenter(onnx).segment(images).labels_numpy()
+    assert by_ort.shape == by_torch.shape and by_ort.dtype == np.uint8
+    assert np.mean(by_ort == by_torch) > 0.999  # float rounding may flip a few near-tied pixels
