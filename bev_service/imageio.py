@@ -4,6 +4,7 @@ clear FrameErrors."""
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -20,8 +21,11 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 def image_size(data: bytes, *, name: str = "image") -> tuple[int, int]:
     """(width, height) from an encoded image's header alone (Pillow reads no pixels here)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.width), int(image.height)
+        with warnings.catch_warnings():
+            # Pillow warns of a "decompression bomb" from the header; check_pixels applies our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return int(image.width), int(image.height)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FrameError(f"{name}: cannot decode image ({len(data)} bytes; expected PNG or JPEG): {exc}") from exc
 
@@ -58,12 +62,14 @@ def decode_labels(data: bytes, *, name: str = "labels", max_pixels: int = DEFAUL
     try:
         # verify() checks every chunk's checksum and that the file is whole; it uses up the
         # file object, so the pixels come from a second open.
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            mode, fmt = image.mode, image.format
-            labels = np.asarray(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels has limited the size
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.verify()
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                mode, fmt = image.mode, image.format
+                labels = np.asarray(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FrameError(f"{name}: cannot decode label map ({len(data)} bytes; expected an 8-bit PNG): {exc}") from exc
     if fmt == "JPEG":

@@ -102,6 +102,9 @@ class CameraSpec(_Strict):
         return self
 
 
+MAX_GRID_CELLS = 2048 * 2048
+
+
 class GridSpec(_Strict):
     x_range_m: Range
     y_range_m: Range
@@ -195,6 +198,12 @@ def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
         grid = BevGrid(spec.grid.x_range_m, spec.grid.y_range_m, spec.grid.cell_size_m)
     except ValueError as exc:
         raise CalibrationError(str(exc), field="grid") from exc
+    if grid.rows * grid.cols > MAX_GRID_CELLS:
+        # The tables hold a few bytes per cell per camera: a millimetre grid would ask for gigabytes.
+        raise CalibrationError(
+            f"{grid.rows} x {grid.cols} cells exceeds the limit of {MAX_GRID_CELLS} (2048 x 2048); use larger cells",
+            field="grid.cell_size_m",
+        )
     try:
         ego = EgoBox(spec.ego.x_range_m, spec.ego.y_range_m)
     except ValueError as exc:

@@ -54,7 +54,8 @@ def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, s
         raise StreamClose(1009, f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        # TypeError: a map keyed by a map or an array (unhashable in Python)
         raise StreamClose(1007, f"not a msgpack message: {type(exc).__name__}: {exc}"[:120]) from exc
     if not isinstance(obj, dict):
         return None, f"a frame set is a msgpack map with seq, stamp, images; got a {type(obj).__name__}"

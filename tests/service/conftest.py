@@ -1,0 +1,231 @@
+"""Real servers for the service tests: ``create_app(Settings(...))`` under uvicorn in a thread, on a
+loopback socket bound before the server starts (port 0: no race for a free port), handed to a test
+once ``/readyz`` says the model is loaded, the tables built and the network warmed up.
+
+``make_server(**overrides)`` starts one with any ``Settings`` field changed (a token, a small queue,
+a small body limit); it is stopped when the test module ends. ``server`` is the session's plain one:
+a tiny untrained network on the default rig. Frame sets are rendered once per session from the
+synthetic world at half the rig's image size (480x320, a whole factor, so the service's tables scale).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
+
+from bev_service.calib.rigfile import load_rig
+from bev_service.geometry.rig import Rig
+from bev_service.model.config import ModelConfig
+from bev_service.model.weights import save_model
+from bev_service.service.app import create_app
+from bev_service.service.settings import Settings
+from bev_service.synth import FrameSet, SyntheticWorld, render_frame_set
+from tests.conftest import DEFAULT_RIG
+from tests.model.conftest import TINY, tiny_model
+
+FRAME_SCALE = 0.5  # 960x640 calibrated -> 480x320 sent
+FRAME_SIZE_HW = (320, 480)
+# A network whose input is the frame size itself: its label maps need no resampling before the
+# warp, so fusion-only grids must equal the synthetic world's oracle BEV; and it is slow enough
+# (~0.15 s per frame set here) to overload a one-slot queue.
+WIDE = ModelConfig(width=0.25, input_size_hw=FRAME_SIZE_HW)
+READY_TIMEOUT_S = 180.0
+
+Files = dict[str, tuple[str, bytes, str]]
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """One running service: where it listens and what it runs with."""
+
+    base_url: str
+    settings: Settings
+    app: FastAPI
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.base_url.removeprefix("http") + "/v1/stream"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+@contextmanager
+def running_server(settings: Settings, *, ready: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[LiveServer]:
+    """uvicorn configured as ``bev serve`` configures it, in a daemon thread; stopped on exit. Yields once
+    ``/readyz`` says ready, or with ``ready=False`` as soon as the port answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws_max_size=settings.ws_max_message_bytes, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    live = LiveServer(f"http://127.0.0.1:{port}", settings, app)
+    try:
+        if ready:
+            wait_ready(live, thread, ready_timeout_s)
+        else:
+            deadline = time.monotonic() + ready_timeout_s
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.02)
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not shut down within 30 s"
+
+
+def wait_ready(live: LiveServer, thread: threading.Thread, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert thread.is_alive(), "the server thread ended during start-up (see the log above)"
+        try:
+            reply = httpx.get(live.url("/readyz"), timeout=5)
+        except httpx.TransportError:
+            reply = None
+        if reply is not None:
+            if reply.status_code == 200:
+                return
+            assert reply.status_code == 503 and reply.headers.get("retry-after"), reply.text
+            assert reply.json()["detail"] == "loading", f"the service failed to load: {reply.text}"
+        assert time.monotonic() < deadline, f"{live.url('/readyz')} not 200 within {timeout_s} s"
+        time.sleep(0.05)
+
+
+# -- weights, settings, servers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The networks here are tiny; on a shared 2-core machine torch's thread pool costs more than it saves.
+    The servers run in this process, so this is their thread count too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny network with a 64x96 input (the default rig's aspect ratio)."""
+    path = tmp_path_factory.mktemp("service-weights") / "tiny.pt"
+    save_model(path, tiny_model(), TINY, {"note": "untrained, for the service tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def wide_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained network whose input is the 480x320 frame size (see ``WIDE``)."""
+    path = tmp_path_factory.mktemp("service-weights") / "wide.pt"
+    save_model(path, tiny_model(config=WIDE), WIDE, {"note": "untrained, input at the test frame size"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings_for(tiny_weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    """``settings_for(**overrides)``: the tiny network on CPU, the default rig, a fresh rigs_dir."""
+
+    def make(**overrides: Any) -> Settings:
+        fields: dict[str, Any] = {
+            "model": tiny_weights_file,
+            "backend": "torch",
+            "device": "cpu",
+            "rig": DEFAULT_RIG,
+            "rigs_dir": tmp_path_factory.mktemp("rigs"),
+            "demo_frames": 2,
+            "demo_scale": 0.25,
+            "log_level": "warning",
+        }
+        return Settings(**{**fields, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def make_server(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., LiveServer]]:
+    """``make_server(**overrides)``: a running server with those settings, stopped at the end of the module."""
+    with ExitStack() as stack:
+
+        def make(**overrides: Any) -> LiveServer:
+            return stack.enter_context(running_server(settings_for(**overrides)))
+
+        yield make
+
+
+@pytest.fixture(scope="session")
+def server(settings_for: Callable[..., Settings]) -> Iterator[LiveServer]:
+    """The session's plain server: tiny network, default rig, default limits, no token."""
+    with running_server(settings_for()) as live:
+        yield live
+
+
+# -- frame sets -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def default_rig() -> Rig:
+    return load_rig(DEFAULT_RIG)
+
+
+def render_frame_sets(rig: Rig, count: int, *, world_seed: int = 3) -> list[FrameSet]:
+    """``count`` frame sets at distinct poses of one world, at half the rig's image size."""
+    world = SyntheticWorld(world_seed)
+    rng = np.random.default_rng(world_seed)
+    return [render_frame_set(rig, world, world.sample_pose(rng), scale=FRAME_SCALE, seed=i) for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def frame_sets(default_rig: Rig) -> list[FrameSet]:
+    """Two rendered frame sets of the default rig (the renderer's ray tables take seconds: once per session)."""
+    return render_frame_sets(default_rig, 2)
+
+
+@pytest.fixture(scope="session")
+def frame_set(frame_sets: list[FrameSet]) -> FrameSet:
+    return frame_sets[0]
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    """(h, w) class ids as an 8-bit grey PNG (lossless: the ids survive)."""
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def as_files(parts: Mapping[str, bytes], suffix: str = "jpg", media_type: str = "image/jpeg") -> Files:
+    """Camera name to bytes, as httpx multipart files (the field named after the camera)."""
+    return {name: (f"{name}.{suffix}", data, media_type) for name, data in parts.items()}
+
+
+@pytest.fixture(scope="session")
+def image_files(frame_set: FrameSet) -> Files:
+    """The frame set's JPEGs as a multipart form."""
+    return as_files(frame_set.jpeg)
+
+
+@pytest.fixture(scope="session")
+def label_files(frame_set: FrameSet) -> Files:
+    """The frame set's true per-camera label maps as PNGs in a multipart form (for labels=true)."""
+    return as_files({name: label_png(frame_set.labels[name]) for name in frame_set.camera_names}, "png", "image/png")
