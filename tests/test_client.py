@@ -6,16 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-import uvicorn
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.classes import CLASSES
@@ -23,22 +19,14 @@ from bev_service.cli.demo import DemoStats, render_drive, stream_drive
 from bev_service.cli.main import main
 from bev_service.client import BevClient, ServiceError, StreamClient, StreamReply, decode_grid_png, stream_url
 from bev_service.model.weights import save_model
-from bev_service.service.app import create_app
 from bev_service.service.settings import Settings
 from tests.conftest import DEFAULT_RIG
+from tests.live_server import free_socket, running_server
 from tests.model.conftest import TINY, tiny_model
 
 TOKEN = "client-test-token"
 CAMERAS = ("front", "left", "rear", "right")
 GRID_HW = (400, 400)  # the default rig's 20 m x 20 m at 5 cm
-
-
-def free_socket() -> socket.socket:
-    """A listening-ready socket on a free loopback port, bound before the server starts (no race)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +44,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "api_token": TOKEN,
     }
     settings = Settings(**fields, log_level="warning")
-    sock = free_socket()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-client-tests", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        with BevClient(base, TOKEN) as client:
-            assert client.wait_ready(120), f"{base}/readyz did not say ready within 120 s"
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down within 30 s"
+    # The token guards /v1 only; /readyz stays open, so the shared server helper can wait on it.
+    with running_server(settings, ready_timeout_s=120) as live:
+        with BevClient(live.base_url, TOKEN) as client:
+            assert client.wait_ready(5), "the token-guarded routes answer once /readyz does"
+        yield live.base_url
 
 
 @pytest.fixture(scope="module")

@@ -11,31 +11,24 @@ synthetic world at half the rig's image size (480x320, a whole factor, so the se
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
 from PIL import Image
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.rig import Rig
 from bev_service.model.config import ModelConfig
 from bev_service.model.weights import save_model
-from bev_service.service.app import create_app
 from bev_service.service.settings import Settings
 from bev_service.synth import FrameSet, SyntheticWorld, render_frame_set
 from tests.conftest import DEFAULT_RIG
+from tests.live_server import LiveServer, running_server
 from tests.model.conftest import TINY, tiny_model
 
 FRAME_SCALE = 0.5  # 960x640 calibrated -> 480x320 sent
@@ -44,74 +37,8 @@ FRAME_SIZE_HW = (320, 480)
 # warp, so fusion-only grids must equal the synthetic world's oracle BEV; and it is slow enough
 # (~0.15 s per frame set here) to overload a one-slot queue.
 WIDE = ModelConfig(width=0.25, input_size_hw=FRAME_SIZE_HW)
-READY_TIMEOUT_S = 180.0
 
 Files = dict[str, tuple[str, bytes, str]]
-
-
-@dataclass(frozen=True)
-class LiveServer:
-    """One running service: where it listens and what it runs with."""
-
-    base_url: str
-    settings: Settings
-    app: FastAPI
-
-    @property
-    def ws_url(self) -> str:
-        return "ws" + self.base_url.removeprefix("http") + "/v1/stream"
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-
-@contextmanager
-def running_server(settings: Settings, *, ready: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[LiveServer]:
-    """uvicorn configured as ``bev serve`` configures it, in a daemon thread; stopped on exit. Yields once
-    ``/readyz`` says ready, or with ``ready=False`` as soon as the port answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws_max_size=settings.ws_max_message_bytes, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    live = LiveServer(f"http://127.0.0.1:{port}", settings, app)
-    try:
-        if ready:
-            wait_ready(live, thread, ready_timeout_s)
-        else:
-            deadline = time.monotonic() + ready_timeout_s
-            while not server.started:
-                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.02)
-        yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down within 30 s"
-
-
-def wait_ready(live: LiveServer, thread: threading.Thread, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert thread.is_alive(), "the server thread ended during start-up (see the log above)"
-        try:
-            reply = httpx.get(live.url("/readyz"), timeout=5)
-        except httpx.TransportError:
-            reply = None
-        if reply is not None:
-            if reply.status_code == 200:
-                return
-            assert reply.status_code == 503 and reply.headers.get("retry-after"), reply.text
-            assert reply.json()["detail"] == "loading", f"the service failed to load: {reply.text}"
-        assert time.monotonic() < deadline, f"{live.url('/readyz')} not 200 within {timeout_s} s"
-        time.sleep(0.05)
 
 
 # -- weights, settings, servers ---------------------------------------------------------------------

@@ -4,24 +4,20 @@ logs no error. The screenshot lands in build/artifacts/viewer.png for people to 
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgpack
 import pytest
-import uvicorn
 import yaml
 
 from bev_service.model.weights import save_model
-from bev_service.service.app import create_app
 from bev_service.service.settings import Settings
 from tests.conftest import DEFAULT_RIG, REPO
+from tests.live_server import running_server
 from tests.model.conftest import TINY, tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,37 +33,6 @@ pytestmark = pytest.mark.skipif(
 
 
 # --- a real server -------------------------------------------------------------------------------
-
-
-@contextmanager
-def running_server(settings: Settings, ready_timeout_s: float = 180.0) -> Iterator[str]:
-    """``create_app(settings)`` under uvicorn in a thread, on a socket bound before start (port 0, so no
-    race for a free port); yields the base URL once ``/readyz`` answers 200 (model loaded, warmed up)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            assert thread.is_alive(), "the server thread ended during start-up (see the log above)"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{base}/readyz not 200 within {ready_timeout_s} s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down within 30 s"
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +60,8 @@ def viewer_settings(weights: Path, rigs_dir: Path, **overrides: Any) -> Settings
 
 @pytest.fixture(scope="module")
 def server(tiny_weights_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(viewer_settings(tiny_weights_path, tmp_path_factory.mktemp("rigs"))) as base:
-        yield base
+    with running_server(viewer_settings(tiny_weights_path, tmp_path_factory.mktemp("rigs"))) as live:
+        yield live.base_url
 
 
 # --- a real browser ------------------------------------------------------------------------------
@@ -286,7 +251,8 @@ def test_demo_drive_plays_and_paints_the_bev(server: str, browser: Any) -> None:
 def test_token_is_sent_on_rest_and_stream(tiny_weights_path: Path, tmp_path: Path, browser: Any) -> None:
     """With BEV_API_TOKEN set, the page without a token says so; with ?token= it loads and plays."""
     settings = viewer_settings(tiny_weights_path, tmp_path / "rigs", api_token=TOKEN, warmup=False)
-    with running_server(settings) as base:
+    with running_server(settings) as live:
+        base = live.base_url
         browser.get(f"{base}/")
         wait_for(lambda: "401" in text_of(browser, "status"), "the page to report the missing token")
         browser.get_log("browser")  # the refused requests are logged; they are the point here
