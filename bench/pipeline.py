@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__.splitlines()[0] if __doc__ else "pipeline bench", default_repeat=50)
     parser.add_argument("--model", help="model file (.pt or .onnx); default: the shipped pruned model")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
-    parser.add_argument("--ratio", type=float, default=0.4, help="pruning ratio of the untrained stand-in model")
+    parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the untrained stand-in model")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat = min(args.repeat, 5)

@@ -52,8 +52,8 @@ def test_shipped_model_segments_a_held_out_frame_set(path: Path, held_out: tuple
     source, projector = held_out
     loaded = load_model(path)
     report = evaluate(TorchSegmenter(loaded.model, loaded.config, device="cpu"), source, projector=projector).report()
-    assert report["image"]["miou"] > 0.6, json.dumps(report["image"])
-    assert report["bev_vs_oracle"]["miou"] > 0.5, json.dumps(report["bev_vs_oracle"])
+    assert report["image"]["miou"] > 0.45, json.dumps(report["image"])
+    assert report["bev_vs_oracle"]["miou"] > 0.45, json.dumps(report["bev_vs_oracle"])
 
 
 @pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
