@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bev_service.calib.rigfile import load_rig, rig_from_yaml, save_rig
-from bev_service.errors import BevError, CalibrationError
+from bev_service.errors import BevError, CalibrationError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.pipeline import BevPipeline
 
@@ -99,7 +99,10 @@ class RigStore:
         if rig.rig_id != rig_id:
             raise CalibrationError(f"the file's rig_id {rig.rig_id!r} differs from the id in the path {rig_id!r}", field="rig_id")
         with self._write_lock:
-            pipeline = self._make_pipeline(rig)  # the slow part (lookup tables), before anything changes
+            try:
+                pipeline = self._make_pipeline(rig)  # the slow part (lookup tables), before anything changes
+            except ModelError as exc:  # e.g. cameras of another aspect ratio than the network's input
+                raise CalibrationError(f"the served model cannot run on this rig: {exc}", field="cameras") from exc
             self.rigs_dir.mkdir(parents=True, exist_ok=True)
             path = self.rigs_dir / f"{rig_id}.yaml"
             save_rig(rig, path, description=f"stored by PUT /v1/rigs/{rig_id}")

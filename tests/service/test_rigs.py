@@ -134,6 +134,18 @@ def test_huge_grid_is_refused_not_a_server_error(rigs_server: LiveServer) -> Non
     assert "grid" in reply.json()["detail"]
 
 
+def test_a_rig_the_model_cannot_run_on_is_a_bad_rig(rigs_server: LiveServer) -> None:
+    """Square cameras against a network trained for 2:3 frames: refused as a rig problem, nothing stored."""
+    data = {**default_data(), "rig_id": "square"}
+    for camera in data["cameras"]:
+        camera["image_size_hw"] = [640, 640]
+        camera["model"]["cx"] = 319.5
+    reply = httpx.put(rigs_server.url("/v1/rigs/square"), content=as_yaml(data), headers=YAML, timeout=60)
+    assert reply.status_code == 422 and reply.json()["error"] == "bad_rig", reply.text
+    assert "cannot run on this rig" in reply.json()["detail"]
+    assert not (Path(rigs_server.settings.rigs_dir) / "square.yaml").exists()
+
+
 # -- rig ids ----------------------------------------------------------------------------------------
 
 
