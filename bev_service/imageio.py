@@ -18,7 +18,7 @@ from bev_service.errors import FrameError
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
-def image_size(data: bytes, *, name: str = "image") -> tuple[int, int]:
+def image_size(data: bytes, *, name: str = "image", what: str = "image") -> tuple[int, int]:
     """(width, height) from an encoded image's header alone (Pillow reads no pixels here)."""
     try:
         with warnings.catch_warnings():
@@ -27,13 +27,13 @@ def image_size(data: bytes, *, name: str = "image") -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as image:
                 return int(image.width), int(image.height)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FrameError(f"{name}: cannot decode image ({len(data)} bytes; expected PNG or JPEG): {exc}") from exc
+        raise FrameError(f"{name}: cannot decode {what} ({len(data)} bytes; expected PNG or JPEG): {exc}") from exc
 
 
-def check_pixels(data: bytes, max_pixels: int, *, name: str) -> None:
+def check_pixels(data: bytes, max_pixels: int, *, name: str, what: str = "image") -> None:
     """FrameError before decoding when the header declares more than ``max_pixels`` pixels: a
     decompression bomb (a few KB of PNG for gigabytes of pixels) is refused without allocating."""
-    width, height = image_size(data, name=name)
+    width, height = image_size(data, name=name, what=what)
     if width * height > max_pixels:
         raise FrameError(f"{name}: {width}x{height} image has more than the {max_pixels} pixels allowed")
 
@@ -44,8 +44,8 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_
         raise FrameError(f"{name}: empty image")
     check_pixels(data, max_pixels, name=name)
     if data[:2] == b"\xff\xd8" and data.rstrip(b"\0")[-2:] != b"\xff\xd9":
-        # libjpeg fills a truncated JPEG with grey and only warns; a cut-off frame must not pass as a picture.
-        raise FrameError(f"{name}: truncated JPEG ({len(data)} bytes, no end-of-image marker)")
+        # Depending on where a JPEG is cut, libjpeg may fill the rest with grey and only warn: check the end marker.
+        raise FrameError(f"{name}: cannot decode image: truncated JPEG ({len(data)} bytes, no end-of-image marker)")
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FrameError(f"{name}: cannot decode image ({len(data)} bytes; expected PNG or JPEG)")
@@ -58,7 +58,7 @@ def decode_labels(data: bytes, *, name: str = "labels", max_pixels: int = DEFAUL
     expands a palette PNG to colours and so loses the ids."""
     if not data:
         raise FrameError(f"{name}: empty label map")
-    check_pixels(data, max_pixels, name=name)
+    check_pixels(data, max_pixels, name=name, what="label map")
     try:
         # verify() checks every chunk's checksum and that the file is whole; it uses up the
         # file object, so the pixels come from a second open.

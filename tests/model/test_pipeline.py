@@ -96,7 +96,7 @@ def test_bad_frame_sets_are_frame_errors(rig: Rig, projector: BevProjector) -> N
     with pytest.raises(FrameError, match=r"front: got a 400x320 .* calibrated at 960x640"):
         pipeline.run({**frames, "front": odd})
     truncated = frames["rear"][: len(frames["rear"]) // 2]
-    with pytest.raises(FrameError, match="rear: truncated JPEG"):
+    with pytest.raises(FrameError, match="rear: cannot decode image: truncated JPEG"):
         pipeline.run({**frames, "rear": truncated})
 
 
