@@ -75,6 +75,8 @@ bench: $(STAMP)
 EVAL_DRIVE := $(BUILD)/eval-drive
 train: $(STAMP)
 	$(BIN)/bev train --out-dir $(BUILD)/train --steps 3000 --seed 0 --threads 2 --resume
+	# warm restart: the 6000-step cosine schedule resumed at step 3000 (models/README.md)
+	$(BIN)/bev train --out-dir $(BUILD)/train --steps 6000 --seed 0 --threads 2 --resume
 	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.5 --threads 2
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
