@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bev_service.calib.rigfile import load_rig
+from bev_service.geometry.rig import Rig
+from bev_service.projector import BevProjector
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RIG = REPO / "calibration" / "default_rig.yaml"
 REAL_DATA = Path(os.environ.get("BEV_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
@@ -25,3 +29,15 @@ def real_folder(real_data: Path, name: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent from the real data folder")
     return folder
+
+
+@pytest.fixture(scope="session")
+def rig() -> Rig:
+    """The default rig, loaded once for the whole run (rigs are immutable)."""
+    return load_rig(DEFAULT_RIG)
+
+
+@pytest.fixture(scope="session")
+def projector(rig: Rig) -> BevProjector:
+    """The default rig's projector; its tables are built once and cached per input size."""
+    return BevProjector(rig)

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.geometry.rig import Rig
 from bev_service.projector import BevProjector
-from tests.conftest import DEFAULT_RIG
 
 SIZE_HW = (640, 960)
 BACKGROUND = 0
@@ -53,16 +51,6 @@ def ground_from_pixels(rig: Rig, pixels: np.ndarray) -> tuple[np.ndarray, np.nda
 def pixel_grid(size_hw: tuple[int, int]) -> np.ndarray:
     v, u = np.mgrid[0 : size_hw[0], 0 : size_hw[1]].astype(np.float64)
     return np.stack([u, v], axis=-1)
-
-
-@pytest.fixture(scope="module")
-def rig() -> Rig:
-    return load_rig(DEFAULT_RIG)
-
-
-@pytest.fixture(scope="module")
-def projector(rig: Rig) -> BevProjector:
-    return BevProjector(rig)
 
 
 @pytest.fixture(scope="module")

@@ -383,7 +383,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         entry, created = await asyncio.to_thread(store.put, rig_id, text)
         return JSONResponse(_rig_summary(entry, store.default_id), status_code=201 if created else 200)
 
-    coverage_cache: dict[str, bytes] = {}
+    coverage_cache: dict[str, tuple[str, bytes]] = {}  # rig id -> (fingerprint, PNG): one picture per rig
 
     @v1.get(
         "/rigs/{rig_id}/coverage.png",
@@ -395,16 +395,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def get_coverage(rig_id: str, st: Ready) -> Response:
         assert st.store is not None
         entry = st.store.get(check_rig_id(rig_id))
-        key = f"{rig_id}:{entry.rig.fingerprint}"
-        if key not in coverage_cache:
+        cached = coverage_cache.get(entry.rig_id)
+        if cached is None or cached[0] != entry.rig.fingerprint:
 
             def draw() -> bytes:
                 tables = entry.pipeline.projector.tables
                 picture, _ = coverage_picture(tables, coverage_of(tables))
                 return encode_png(picture)
 
-            coverage_cache[key] = await asyncio.to_thread(draw)
-        return Response(coverage_cache[key], media_type="image/png")
+            cached = (entry.rig.fingerprint, await asyncio.to_thread(draw))
+            coverage_cache[entry.rig_id] = cached
+        return Response(cached[1], media_type="image/png")
 
     @v1.get("/classes", tags=["meta"], summary="The class table: ids, names, colours; grid-only EGO and UNKNOWN")
     async def classes() -> list[dict[str, Any]]:
@@ -463,8 +464,6 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]
     """The form's files by field name and its plain fields; a field twice, or too many parts, is an error."""
     try:
         form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
-    except BodyTooLargeError:
-        raise
     except StarletteHTTPException as exc:
         raise ApiError(400, "bad_request", f"cannot parse the multipart body: {exc.detail}") from exc
     files: dict[str, bytes] = {}

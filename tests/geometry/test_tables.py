@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.cameras import FisheyeCamera, Intrinsics, PinholeCamera
 from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
@@ -22,12 +21,6 @@ from bev_service.geometry.tables import (
     label_gather_table,
 )
 from bev_service.geometry.transforms import invert_rigid, vehicle_from_camera_mount
-from tests.conftest import DEFAULT_RIG
-
-
-@pytest.fixture(scope="module")
-def rig() -> Rig:
-    return load_rig(DEFAULT_RIG)
 
 
 @pytest.fixture(scope="module")

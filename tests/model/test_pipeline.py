@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from bev_service.calib.rigfile import load_rig
 from bev_service.errors import FrameError
 from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.geometry.rig import Rig
@@ -21,18 +20,7 @@ from bev_service.model.data import resize_images, resize_labels
 from bev_service.model.weights import ModelError
 from bev_service.pipeline import STAGES, BevPipeline
 from bev_service.projector import BevProjector
-from tests.conftest import DEFAULT_RIG
 from tests.model.conftest import TINY, tiny_model
-
-
-@pytest.fixture(scope="module")
-def rig() -> Rig:
-    return load_rig(DEFAULT_RIG)
-
-
-@pytest.fixture(scope="module")
-def projector(rig: Rig) -> BevProjector:
-    return BevProjector(rig)
 
 
 def jpeg_frames(rig: Rig, seed: int = 0) -> dict[str, bytes]:

@@ -21,7 +21,6 @@ import pytest
 import torch
 from PIL import Image
 
-from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.rig import Rig
 from bev_service.model.config import ModelConfig
 from bev_service.model.weights import save_model
@@ -112,8 +111,8 @@ def server(settings_for: Callable[..., Settings]) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
-def default_rig() -> Rig:
-    return load_rig(DEFAULT_RIG)
+def default_rig(rig: Rig) -> Rig:
+    return rig
 
 
 def render_frame_sets(rig: Rig, count: int, *, world_seed: int = 3) -> list[FrameSet]:

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.rig import Rig
 from bev_service.synth import Renderer, SyntheticWorld, renderer_for
-from tests.conftest import DEFAULT_RIG
-
-
-@pytest.fixture(scope="session")
-def rig() -> Rig:
-    return load_rig(DEFAULT_RIG)
 
 
 @pytest.fixture(scope="session")
