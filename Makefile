@@ -70,13 +70,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/load.py
 
-# Trains, prunes, exports and evaluates the shipped network (issue 4; about 45 min on 2 idle cores). The
-# evaluation drive (seed 200000) is a world no training or validation frame set comes from.
+# Trains, prunes, exports and evaluates the shipped network (issue 4; about 55 min on 2 idle cores:
+# models/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
+# comes from. --resume picks an interrupted run up where its last checkpoint left it.
 EVAL_DRIVE := $(BUILD)/eval-drive
 train: $(STAMP)
-	$(BIN)/bev train --out-dir $(BUILD)/train --steps 3000 --seed 0 --threads 2 --resume
-	# warm restart: the 6000-step cosine schedule resumed at step 3000 (models/README.md)
-	$(BIN)/bev train --out-dir $(BUILD)/train --steps 6000 --seed 0 --threads 2 --resume
+	$(BIN)/bev train --out-dir $(BUILD)/train --steps 10000 --seed 0 --threads 2 --resume
 	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.5 --threads 2
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from bev_service.model.enet import ENet
 
 DEFAULT_INPUT_SIZE_HW = (320, 480)  # the default rig's 960x640 cameras halved
+PRECISIONS = ("bf16", "fp32")
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -29,6 +30,7 @@ RESUMABLE_CHANGES = frozenset(
         "val_data",
         "val_seed",
         "val_frame_sets",
+        "prior_correction",
     }
 )
 
@@ -115,6 +117,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     class_weight_c: float = 1.02  # ENet's class weighting 1 / ln(c + p_class) (Paszke et al., 2016, sec. 5.2)
+    focus: float = 0.5  # share of crops centred on a pixel of a focus class (when the image has one)
+    focus_classes: str = "pedestrian,static_obstacle"  # comma-separated class names; "" turns focusing off
+    precision: str = "bf16"  # "bf16": autocast forward passes (oneDNN AMX / AVX512-BF16 on CPUs, tensor cores on GPUs); "fp32"
+    prior_correction: bool = True  # fold the validation-chosen share of -log(class weight) into the head (model/prior.py)
     eval_every: int = 500
     checkpoint_every: int = 250
     log_every: int = 25
@@ -134,6 +140,19 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         return ModelConfig(width=self.width, input_size_hw=self.input_size_hw)
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.focus <= 1.0:
+            raise ValueError(f"focus must be in [0, 1], got {self.focus}")
+        unknown = sorted(set(self.focus_class_names) - {c.name for c in CLASSES})
+        if unknown:
+            raise ValueError(f"unknown focus classes {unknown}; the classes are {[c.name for c in CLASSES]}")
+
+    @property
+    def focus_class_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.focus_classes.split(",") if name.strip())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -148,12 +167,18 @@ class PruneConfig:
     out: str = "build/prune/model.pt"
     ratio: float = 0.5  # 3.3x fewer MACs for the default network (channel counts round down to multiples of 8)
     iterative_steps: int = 3
-    finetune_steps: int = 300  # after every pruning step
+    finetune_steps: int = 500  # after every pruning step
+    distill: float = 0.5  # weight of the unpruned network's soft labels (pixel-wise KL) in the fine-tuning loss
+    distill_temperature: float = 2.0
+    prior_correction: bool = True
     lr: float = 1e-3
     warmup_steps: int = 20
     batch_size: int = 8
     crop_height: int = 192
     crop_width: int = 256
+    focus: float = 0.5
+    focus_classes: str = "pedestrian,static_obstacle"
+    precision: str = "bf16"
     data: str = "synth"
     rig: str = "calibration/default_rig.yaml"
     train_frame_sets: int = 256
@@ -172,6 +197,10 @@ class PruneConfig:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
         if self.iterative_steps < 1:
             raise ValueError(f"iterative_steps must be at least 1, got {self.iterative_steps}")
+        if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError(
+                f"distill must be in [0, 1] and its temperature positive: {self.distill}, {self.distill_temperature}"
+            )
 
     def finetune_config(self) -> TrainConfig:
         return TrainConfig(
@@ -181,6 +210,9 @@ class PruneConfig:
             batch_size=self.batch_size,
             crop_height=self.crop_height,
             crop_width=self.crop_width,
+            focus=self.focus,
+            focus_classes=self.focus_classes,
+            precision=self.precision,
             seed=self.seed,
             progress=self.progress,
         )

@@ -15,6 +15,7 @@ so the pruned network reloads from a weights-only file.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable
@@ -25,14 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch_pruning as tp
+from tqdm import tqdm
 
 from bev_service.model.backends import TorchSegmenter
 from bev_service.model.config import ModelConfig, PruneConfig
 from bev_service.model.data import FrameSource
-from bev_service.model.enet import ENet
+from bev_service.model.enet import ENet, placed
 from bev_service.model.evaluate import evaluate
+from bev_service.model.prior import correct_prior
 from bev_service.model.stats import count_params_macs, latency_ms
-from bev_service.model.train import BatchSampler, Trainer, class_weights
+from bev_service.model.train import BatchSampler, Trainer, class_weights, focus_ids
 from bev_service.model.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -115,21 +118,36 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     before = measure(model, model_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
     finetune = config.finetune_config()
     weights = class_weights(train_source, model_config.num_classes, c=finetune.class_weight_c)
+    teacher = copy.deepcopy(model).eval() if config.distill > 0 else None  # the unpruned network's soft labels
+    ids = focus_ids(finetune, model_config.class_names)
 
     def after_step(k: int) -> None:
-        sampler = BatchSampler(train_source, finetune.batch_size, finetune.crop_size_hw, seed=config.seed * 1000 + k + 1)
-        trainer = Trainer(model, sampler, weights, finetune, total_steps=config.finetune_steps)
-        losses = [trainer.step(i) for i in range(config.finetune_steps)]
+        seed = config.seed * 1000 + k + 1
+        crop = finetune.crop_size_hw
+        sampler = BatchSampler(train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids)
+        trainer = Trainer(
+            model,
+            sampler,
+            weights,
+            finetune,
+            total_steps=config.finetune_steps,
+            teacher=teacher,
+            distill=config.distill,
+            temperature=config.distill_temperature,
+        )
+        steps = tqdm(range(config.finetune_steps), desc=f"fine-tune {k + 1}", unit="step", disable=not config.progress)
+        losses = [trainer.step(i) for i in steps]
         if losses:
             log.info("fine-tuned %d steps: loss %.3f -> %.3f", len(losses), np.mean(losses[:10]), np.mean(losses[-10:]))
-        model.cpu().eval()
+        placed(model, "cpu", channels_last=False).eval()
 
     prune_network(
         model, model_config.input_size_hw, ratio=config.ratio, iterative_steps=config.iterative_steps, after_step=after_step
     )
     pruned_config = model_config.with_channels(model)
+    prior = correct_prior(model, weights, val_source) if config.prior_correction and val_source is not None else None
     after = measure(model, pruned_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
-    report = {"config": asdict(config), "before": before, "after": after, **compare(before, after)}
+    report = {"config": asdict(config), "before": before, "after": after, **compare(before, after), "prior_correction": prior}
     out = Path(config.out)
     save_model(out, model, pruned_config, {**loaded.info, "pruned_from": str(config.model), "prune_report": report})
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -32,9 +32,10 @@ from tqdm import tqdm
 from bev_service.model.backends import TorchSegmenter, default_device
 from bev_service.model.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig
 from bev_service.model.data import FrameSource
-from bev_service.model.enet import ENet
+from bev_service.model.enet import ENet, placed
 from bev_service.model.evaluate import IGNORE, evaluate
 from bev_service.model.plot import Series, plot_training
+from bev_service.model.prior import correct_prior
 from bev_service.model.weights import ModelError, read_payload, save_model
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,27 @@ def class_weights(source: FrameSource, num_classes: int, *, c: float = 1.02, max
 
 
 class BatchSampler:
-    """Step ``k``'s batch: random cameras of random frame sets, randomly cropped; deterministic in (seed, k)."""
+    """Step ``k``'s batch: random cameras of random frame sets, randomly cropped; deterministic in (seed, k).
 
-    def __init__(self, source: FrameSource, batch_size: int, crop_size_hw: tuple[int, int] | None, seed: int) -> None:
+    With ``focus`` > 0, that share of the crops is centred (with up to a quarter crop of jitter) on a random
+    pixel of a random ``focus_ids`` class the image shows: pedestrians and cones cover 0.1-0.3% of the
+    pixels, so uniform crops would show them a few times per hundred steps.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        batch_size: int,
+        crop_size_hw: tuple[int, int] | None,
+        seed: int,
+        *,
+        focus: float = 0.0,
+        focus_ids: tuple[int, ...] = (),
+    ) -> None:
         if len(source) == 0:
             raise ValueError("no training frame sets")
         self.source, self.batch_size, self.crop, self.seed = source, batch_size, crop_size_hw, seed
+        self.focus, self.focus_ids = focus, focus_ids
 
     def batch(self, step: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8], np.random.Generator]:
         rng = np.random.default_rng([self.seed, step])
@@ -71,11 +87,29 @@ class BatchSampler:
             image, label = frame_set.images[cam], frame_set.labels[cam]
             if self.crop is not None:
                 ch, cw = min(self.crop[0], image.shape[0]), min(self.crop[1], image.shape[1])
-                top, left = int(rng.integers(image.shape[0] - ch + 1)), int(rng.integers(image.shape[1] - cw + 1))
+                top, left = self._corner(label, ch, cw, rng)
                 image, label = image[top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
             images.append(image)
             labels.append(label)
         return np.stack(images), np.stack(labels), rng
+
+    def _corner(self, label: NDArray[np.uint8], ch: int, cw: int, rng: np.random.Generator) -> tuple[int, int]:
+        """The crop's top-left corner: uniform, or around a focus-class pixel."""
+        h, w = label.shape
+        focused = self.focus_ids and rng.random() < self.focus
+        present = [c for c in self.focus_ids if focused and (label == c).any()]
+        if not present:
+            return int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        rows, cols = np.nonzero(label == present[int(rng.integers(len(present)))])
+        pick = int(rng.integers(rows.size))
+        jitter_r, jitter_c = rng.integers(-(ch // 4), ch // 4 + 1), rng.integers(-(cw // 4), cw // 4 + 1)
+        top = int(np.clip(rows[pick] - ch // 2 + jitter_r, 0, h - ch))
+        left = int(np.clip(cols[pick] - cw // 2 + jitter_c, 0, w - cw))
+        return top, left
+
+
+def focus_ids(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(class_names.index(name) for name in config.focus_class_names)
 
 
 def augment(images: NDArray[np.uint8], labels: NDArray[np.uint8], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,19 +144,42 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> 
 
 
 class Trainer:
-    """One optimiser over one model; ``step(k)`` trains on batch ``k`` and returns its loss."""
+    """One optimiser over one model; ``step(k)`` trains on batch ``k`` and returns its loss.
 
-    def __init__(self, model: ENet, sampler: BatchSampler, weights: torch.Tensor, config: TrainConfig, total_steps: int) -> None:
+    The model and its batches are channels-last (NHWC), which oneDNN's CPU convolutions run 1.6x
+    faster here, and with ``precision`` "bf16" the forward pass runs under bfloat16 autocast (the loss
+    and the weights stay float32). With a ``teacher`` (pruning's fine-tuning), the loss mixes the
+    class-weighted cross-entropy with the teacher's softened per-pixel distribution (knowledge
+    distillation, Hinton et al. 2015): ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
+    """
+
+    def __init__(
+        self,
+        model: ENet,
+        sampler: BatchSampler,
+        weights: torch.Tensor,
+        config: TrainConfig,
+        total_steps: int,
+        *,
+        teacher: ENet | None = None,
+        distill: float = 0.0,
+        temperature: float = 2.0,
+    ) -> None:
         self.device = default_device()
-        self.model = model.to(self.device)
+        self.model = placed(model, self.device)
         self.sampler = sampler
         self.weights = weights.to(self.device)
         self.config = config
         self.total_steps = total_steps
+        self.teacher = placed(teacher, self.device).eval() if teacher is not None else None
+        self.distill, self.temperature = (distill if teacher is not None else 0.0), temperature
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases, norms, PReLU slopes
         groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def step(self, step: int) -> float:
         lr = lr_at(step, base_lr=self.config.lr, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps)
@@ -130,10 +187,20 @@ class Trainer:
             group["lr"] = lr
         images, labels, rng = self.sampler.batch(step)
         x, y = augment(images, labels, rng)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        y = y.to(self.device)
         torch.manual_seed(int(rng.integers(1 << 62)))  # dropout masks, so that a resumed run repeats them
         self.model.train()
-        logits = self.model(x.to(self.device))  # (B, C, H, W)
-        loss = F.cross_entropy(logits, y.to(self.device), weight=self.weights, ignore_index=IGNORE)
+        with self._autocast():
+            logits = self.model(x).float()  # (B, C, H, W)
+        loss = F.cross_entropy(logits, y, weight=self.weights, ignore_index=IGNORE)
+        if self.teacher is not None and self.distill > 0:
+            with torch.no_grad(), self._autocast():
+                soft = self.teacher(x).float()  # (B, C, H, W)
+            t = self.temperature
+            kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(soft / t, dim=1), log_target=True, reduction="none")
+            kd = kl.sum(dim=1)[y != IGNORE].mean() * t * t
+            loss = (1.0 - self.distill) * loss + self.distill * kd
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -217,7 +284,14 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
         payload["class_weights"] if payload else class_weights(train_source, model_config.num_classes, c=config.class_weight_c)
     )
     model = model_config.build()
-    sampler = BatchSampler(train_source, config.batch_size, config.crop_size_hw, config.seed)
+    sampler = BatchSampler(
+        train_source,
+        config.batch_size,
+        config.crop_size_hw,
+        config.seed,
+        focus=config.focus,
+        focus_ids=focus_ids(config, model_config.class_names),
+    )
     trainer = Trainer(model, sampler, weights, config, total_steps=config.steps)
     if payload:
         model.load_state_dict(payload["model"])
@@ -228,8 +302,13 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     )
     metrics = MetricsLog(out / "metrics.jsonl", start if payload else None)
     final = _loop(trainer, model_config, val_source, metrics, start) or validate(trainer.model, model_config, val_source)
-    info = {"train_config": asdict(config), "validation": final, "steps": config.steps}
-    save_model(out / "model.pt", trainer.model.cpu(), model_config, info)
+    info: dict[str, Any] = {"train_config": asdict(config), "validation": final, "steps": config.steps}
+    model = placed(trainer.model, "cpu", channels_last=False)
+    if config.prior_correction:  # the checkpoint keeps the uncorrected network, so a resumed run trains on from it
+        info["prior_correction"] = correct_prior(model, trainer.weights.cpu(), val_source)
+        info["validation_before_prior_correction"], final = final, validate(model, model_config, val_source)
+        info["validation"] = final
+    save_model(out / "model.pt", model, model_config, info)
     metrics.plot(out / "curves.png")
     log.info("wrote %s (validation mIoU %s)", out / "model.pt", final["miou"])
     return out / "model.pt"

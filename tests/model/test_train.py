@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from bev_service.model.config import TrainConfig
-from bev_service.model.train import BatchSampler, augment, class_weights, lr_at, train
-from bev_service.model.weights import ModelError, load_model
+from bev_service.classes import CLASSES
+from bev_service.model.config import ModelConfig, TrainConfig
+from bev_service.model.data import ArraySource, FrameSet
+from bev_service.model.train import BatchSampler, Trainer, augment, class_weights, focus_ids, lr_at, train
+from bev_service.model.weights import CLASS_NAMES, ModelError, load_model
 from tests.model.conftest import TINY_SIZE_HW, procedural_source
+
+PEDESTRIAN = CLASS_NAMES.index("pedestrian")
 
 
 def tiny_run(out_dir: Path, **overrides: object) -> TrainConfig:
@@ -105,3 +109,50 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lr_at(100, base_lr=1.0, warmup_steps=10, total_steps=100) == pytest.approx(0.01)
+
+
+def test_focus_crops_centre_on_rare_class_pixels() -> None:
+    labels = np.full((1, 64, 96), CLASSES[1].id, dtype=np.uint8)
+    labels[0, 50:53, 88:91] = PEDESTRIAN  # a 3x3 pedestrian in a corner
+    source = ArraySource([FrameSet(images=np.zeros((1, 64, 96, 3), np.uint8), labels=labels)])
+    focused = BatchSampler(source, 16, (24, 32), seed=3, focus=1.0, focus_ids=(PEDESTRIAN,))
+    uniform = BatchSampler(source, 16, (24, 32), seed=3)
+    shown = [int((focused.batch(step)[1] == PEDESTRIAN).any(axis=(1, 2)).sum()) for step in range(4)]
+    assert shown == [16, 16, 16, 16]  # every crop holds the pedestrian, even at the image border
+    assert sum(int((uniform.batch(step)[1] == PEDESTRIAN).any(axis=(1, 2)).sum()) for step in range(4)) < 16
+    np.testing.assert_array_equal(focused.batch(2)[1], focused.batch(2)[1])  # still a function of (seed, step)
+
+
+def test_focus_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown focus classes"):
+        TrainConfig(focus_classes="pedestrian,unicorn")
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    assert focus_ids(TrainConfig(focus_classes="static_obstacle, pedestrian"), CLASS_NAMES) == (7, 6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_train(tmp_path: Path, precision: str) -> None:
+    config = tiny_run(tmp_path, steps=20, eval_every=20, checkpoint_every=20, precision=precision, prior_correction=False)
+    train(config, procedural_source(6, seed=1), procedural_source(1, seed=2))
+    rows = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(p.is_contiguous() for p in load_model(tmp_path / "model.pt").model.parameters())  # NCHW on file
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    source = procedural_source(4, seed=1)
+    teacher = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW, dropout=0.0).build()
+    config = TrainConfig(batch_size=4, crop_height=0, crop_width=0, lr=5e-3, warmup_steps=1, precision="fp32", focus=0.0)
+
+    def disagreement(distill: float) -> float:
+        torch.manual_seed(5)
+        student = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW, dropout=0.0).build()
+        trainer = Trainer(student, BatchSampler(source, 4, None, seed=0), torch.ones(8), config, 30, teacher=teacher, distill=distill)
+        for step in range(30):
+            trainer.step(step)
+        x = torch.from_numpy(source[0].images).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            return float((student.eval()(x).argmax(1) != teacher.eval()(x).argmax(1)).float().mean())
+
+    assert disagreement(1.0) < disagreement(0.0)
