@@ -148,7 +148,8 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
     def disagreement(distill: float) -> float:
         torch.manual_seed(5)
         student = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW, dropout=0.0).build()
-        trainer = Trainer(student, BatchSampler(source, 4, None, seed=0), torch.ones(8), config, 30, teacher=teacher, distill=distill)
+        sampler = BatchSampler(source, 4, None, seed=0)
+        trainer = Trainer(student, sampler, torch.ones(8), config, 30, teacher=teacher, distill=distill)
         for step in range(30):
             trainer.step(step)
         x = torch.from_numpy(source[0].images).permute(0, 3, 1, 2).float() / 255.0
