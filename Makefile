@@ -76,7 +76,7 @@ bench: $(STAMP)
 EVAL_DRIVE := $(BUILD)/eval-drive
 train: $(STAMP)
 	$(BIN)/bev train --out-dir $(BUILD)/train --steps 10000 --seed 0 --threads 2 --resume
-	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.5 --threads 2
+	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --threads 2
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
 	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx

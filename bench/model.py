@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unpruned", default=str(MODELS / "enet.pt"))
     parser.add_argument("--pruned", default=str(MODELS / "enet-pruned.pt"))
     parser.add_argument("--untrained", action="store_true", help="untrained default architecture, pruned in one step")
-    parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio with --untrained")
+    parser.add_argument("--ratio", type=float, default=0.4, help="pruning ratio with --untrained")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier with --untrained")
     parser.add_argument("--size", help="input WxH with --untrained (default 480x320)")
     parser.add_argument("--cameras", type=int, default=4, help="images per timed batch (one frame set)")

@@ -27,7 +27,7 @@ from torch import nn
 
 from bev_service.errors import FrameError
 from bev_service.model.config import ModelConfig
-from bev_service.model.enet import INPUT_MULTIPLE, ENet, fold_batch_norms, placed
+from bev_service.model.enet import INPUT_MULTIPLE, ENet, fold_batch_norms
 from bev_service.model.weights import CLASS_NAMES, ModelError, check_classes, load_model
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,16 @@ def default_device() -> torch.device:
 class TorchSegmenter(Segmenter):
     """PyTorch eager; the device is CUDA when available unless given.
 
-    Runs a copy of the model with its batch norms folded into the convolutions (``fold_batch_norms``),
-    channels-last on a CPU: later changes to ``model`` do not reach the segmenter.
+    Runs a copy of the model with its batch norms folded into the convolutions (``fold_batch_norms``):
+    later changes to ``model`` do not reach the segmenter. A uint8 (N, H, W, 3) batch permuted to
+    (N, 3, H, W) is channels-last already, so oneDNN runs the convolutions in its native layout.
     """
 
     def __init__(self, model: ENet, config: ModelConfig, *, device: str | torch.device | None = None) -> None:
         self.config = config
         self.device = torch.device(device) if device is not None else default_device()
         self.backend = f"torch-{self.device.type}"
-        # Channels-last on a CPU: oneDNN's native layout, 2-2.5x faster for ENet here (BENCHMARKS.md). A uint8
-        # NHWC batch permuted to (N, 3, H, W) already has those strides, so the input costs no copy.
-        model = placed(fold_batch_norms(model), self.device, channels_last=self.device.type == "cpu")
+        model = fold_batch_norms(model).to(self.device)
         self._plain = ArgmaxNet(model).eval()
         self._with_confidence = ArgmaxNet(model, with_confidence=True).eval()
 

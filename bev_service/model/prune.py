@@ -2,7 +2,7 @@
 
 How to run:
 
-    bev prune --model build/train/model.pt --out build/prune/model.pt --ratio 0.5
+    bev prune --model build/train/model.pt --out build/prune/model.pt --ratio 0.4
 
 Torch-Pruning (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023) groups the
 layers whose channels must go together (a residual trunk, a conv with its batch norm and its

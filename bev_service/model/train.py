@@ -146,11 +146,13 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> 
 class Trainer:
     """One optimiser over one model; ``step(k)`` trains on batch ``k`` and returns its loss.
 
-    The model and its batches are channels-last (NHWC), which oneDNN's CPU convolutions run 1.6x
-    faster here, and with ``precision`` "bf16" the forward pass runs under bfloat16 autocast (the loss
-    and the weights stay float32). With a ``teacher`` (pruning's fine-tuning), the loss mixes the
-    class-weighted cross-entropy with the teacher's softened per-pixel distribution (knowledge
-    distillation, Hinton et al. 2015): ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
+    The model and its batches are channels-last (NHWC, oneDNN's native layout), and with ``precision``
+    "bf16" the forward pass runs under bfloat16 autocast (the loss and the weights stay float32): 1.4x
+    faster steps on this machine's CPU, which has AMX and AVX512-BF16 (240 against 335 ms per step).
+
+    With a ``teacher`` (pruning's fine-tuning), the loss mixes the class-weighted cross-entropy with the
+    teacher's softened per-pixel distribution (knowledge distillation, Hinton et al. 2015):
+    ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
     """
 
     def __init__(

@@ -47,13 +47,19 @@ def test_the_pruned_model_is_smaller_and_keeps_the_interface() -> None:
     assert report["macs_ratio"] >= 2.0
 
 
-@pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
-def test_shipped_model_segments_a_held_out_frame_set(path: Path, held_out: tuple[ArraySource, BevProjector]) -> None:
+# Floors about 0.07 under what the shipped weights score on this frame set (enet 0.76 image / 0.72 BEV against
+# the oracle, enet-pruned 0.66 / 0.66): a regression in weights, runtime or warp shows, float noise does not.
+@pytest.mark.parametrize(
+    ("path", "image_floor", "bev_floor"), [(UNPRUNED, 0.68, 0.64), (PRUNED, 0.58, 0.58)], ids=["enet", "enet-pruned"]
+)
+def test_shipped_model_segments_a_held_out_frame_set(
+    path: Path, image_floor: float, bev_floor: float, held_out: tuple[ArraySource, BevProjector]
+) -> None:
     source, projector = held_out
     loaded = load_model(path)
     report = evaluate(TorchSegmenter(loaded.model, loaded.config, device="cpu"), source, projector=projector).report()
-    assert report["image"]["miou"] > 0.45, json.dumps(report["image"])
-    assert report["bev_vs_oracle"]["miou"] > 0.45, json.dumps(report["bev_vs_oracle"])
+    assert report["image"]["miou"] > image_floor, json.dumps(report["image"])
+    assert report["bev_vs_oracle"]["miou"] > bev_floor, json.dumps(report["bev_vs_oracle"])
 
 
 @pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
