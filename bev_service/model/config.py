@@ -168,6 +168,7 @@ class PruneConfig:
     ratio: float = 0.4  # 3.1x fewer MACs for the default network (channel counts round down to multiples of 8)
     iterative_steps: int = 3
     finetune_steps: int = 500  # after every pruning step
+    final_finetune_steps: int = 0  # more after the last step, in the same schedule (the pruned network's own training)
     distill: float = 0.5  # weight of the unpruned network's soft labels (pixel-wise KL) in the fine-tuning loss
     distill_temperature: float = 2.0
     prior_correction: bool = True
@@ -197,6 +198,8 @@ class PruneConfig:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
         if self.iterative_steps < 1:
             raise ValueError(f"iterative_steps must be at least 1, got {self.iterative_steps}")
+        if self.finetune_steps < 0 or self.final_finetune_steps < 0:
+            raise ValueError(f"fine-tuning steps cannot be negative: {self.finetune_steps}, {self.final_finetune_steps}")
         if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
             raise ValueError(
                 f"distill must be in [0, 1] and its temperature positive: {self.distill}, {self.distill_temperature}"

@@ -121,22 +121,27 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     teacher = copy.deepcopy(model).eval() if config.distill > 0 else None  # the unpruned network's soft labels
     ids = focus_ids(finetune, model_config.class_names)
 
+    steps_run: list[int] = []
+
     def after_step(k: int) -> None:
         seed = config.seed * 1000 + k + 1
         crop = finetune.crop_size_hw
         sampler = BatchSampler(train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids)
+        last = k == config.iterative_steps - 1
+        total = config.finetune_steps + (config.final_finetune_steps if last else 0)
         trainer = Trainer(
             model,
             sampler,
             weights,
             finetune,
-            total_steps=config.finetune_steps,
+            total_steps=total,
             teacher=teacher,
             distill=config.distill,
             temperature=config.distill_temperature,
         )
-        steps = tqdm(range(config.finetune_steps), desc=f"fine-tune {k + 1}", unit="step", disable=not config.progress)
+        steps = tqdm(range(total), desc=f"fine-tune {k + 1}", unit="step", disable=not config.progress)
         losses = [trainer.step(i) for i in steps]
+        steps_run.append(len(losses))
         if losses:
             log.info("fine-tuned %d steps: loss %.3f -> %.3f", len(losses), np.mean(losses[:10]), np.mean(losses[-10:]))
         placed(model, "cpu", channels_last=False).eval()
@@ -147,7 +152,8 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     pruned_config = model_config.with_channels(model)
     prior = correct_prior(model, weights, val_source) if config.prior_correction and val_source is not None else None
     after = measure(model, pruned_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
-    report = {"config": asdict(config), "before": before, "after": after, **compare(before, after), "prior_correction": prior}
+    report = {"config": asdict(config), "before": before, "after": after, **compare(before, after)}
+    report.update(finetune_steps_run=steps_run, prior_correction=prior)
     out = Path(config.out)
     save_model(out, model, pruned_config, {**loaded.info, "pruned_from": str(config.model), "prune_report": report})
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

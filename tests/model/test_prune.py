@@ -65,6 +65,7 @@ def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path) -> 
         ratio=0.5,
         iterative_steps=2,
         finetune_steps=3,
+        final_finetune_steps=2,
         batch_size=4,
         crop_height=0,
         crop_width=0,
@@ -75,6 +76,8 @@ def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path) -> 
     assert report["after"]["params"] < report["before"]["params"]
     assert report["macs_ratio"] > 1.5 and report["params_ratio"] > 1.5
     assert report["cpu_speedup"] > 0 and "miou_drop" in report
+    assert report["finetune_steps_run"] == [3, 5]  # the last step also trains the pruned network on
+    assert report["prior_correction"]["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert json.loads(out.with_suffix(".json").read_text())["macs_ratio"] == report["macs_ratio"]
     loaded = load_model(out)
     assert loaded.info["pruned_from"] == str(model_path)
