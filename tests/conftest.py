@@ -9,6 +9,7 @@ import pytest
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.rig import Rig
+from bev_service.model.weights import save_model
 from bev_service.projector import BevProjector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,13 @@ def rig() -> Rig:
 def projector(rig: Rig) -> BevProjector:
     """The default rig's projector; its tables are built once and cached per input size."""
     return BevProjector(rig)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny network (``tests.model.conftest.TINY``: 64x96 input, the default rig's aspect ratio)."""
+    from tests.model.conftest import TINY, tiny_model
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_model(path, tiny_model(), TINY, {"note": "untrained, for tests"})
+    return path

@@ -37,7 +37,7 @@ def alpha_scores(
     for i in range(len(source)):
         frame_set = source[i]
         x = torch.from_numpy(frame_set.images).to(device).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
-        logits = model(x.contiguous(memory_format=torch.channels_last)).float()  # (N, C, H, W)
+        logits = model(x).float()  # (N, C, H, W)
         for a, conf in confusions.items():
             conf.update((logits - a * log_w).argmax(dim=1).to(torch.uint8).cpu().numpy(), frame_set.labels)
     return {a: conf.miou() for a, conf in confusions.items()}

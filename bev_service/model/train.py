@@ -308,8 +308,8 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     model = placed(trainer.model, "cpu", channels_last=False)
     if config.prior_correction:  # the checkpoint keeps the uncorrected network, so a resumed run trains on from it
         info["prior_correction"] = correct_prior(model, trainer.weights.cpu(), val_source)
-        info["validation_before_prior_correction"], final = final, validate(model, model_config, val_source)
-        info["validation"] = final
+        info["validation_before_prior_correction"] = final
+        info["validation"] = final = validate(model, model_config, val_source)
     save_model(out / "model.pt", model, model_config, info)
     metrics.plot(out / "curves.png")
     log.info("wrote %s (validation mIoU %s)", out / "model.pt", final["miou"])

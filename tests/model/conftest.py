@@ -13,7 +13,6 @@ from bev_service.cli.main import main
 from bev_service.model.config import ModelConfig
 from bev_service.model.data import ArraySource, FrameSet
 from bev_service.model.enet import ENet
-from bev_service.model.weights import save_model
 
 TINY_SIZE_HW = (64, 96)  # keeps the default rig's 2:3 aspect ratio, so it warps through its tables
 TINY = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW)
@@ -45,13 +44,6 @@ def procedural_source(count: int, seed: int = 0, size_hw: tuple[int, int] = TINY
 
 def random_images(count: int = 2, size_hw: tuple[int, int] = TINY_SIZE_HW, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, *size_hw, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_model(path, tiny_model(), TINY, {"note": "untrained, for tests"})
-    return path
 
 
 @pytest.fixture(scope="session")

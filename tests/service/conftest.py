@@ -28,7 +28,7 @@ from bev_service.service.settings import Settings
 from bev_service.synth import FrameSet, SyntheticWorld, render_frame_set
 from tests.conftest import DEFAULT_RIG
 from tests.live_server import LiveServer, running_server
-from tests.model.conftest import TINY, tiny_model
+from tests.model.conftest import tiny_model
 
 FRAME_SCALE = 0.5  # 960x640 calibrated -> 480x320 sent
 FRAME_SIZE_HW = (320, 480)
@@ -54,14 +54,6 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny network with a 64x96 input (the default rig's aspect ratio)."""
-    path = tmp_path_factory.mktemp("service-weights") / "tiny.pt"
-    save_model(path, tiny_model(), TINY, {"note": "untrained, for the service tests"})
-    return path
-
-
-@pytest.fixture(scope="session")
 def wide_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained network whose input is the 480x320 frame size (see ``WIDE``)."""
     path = tmp_path_factory.mktemp("service-weights") / "wide.pt"
@@ -70,12 +62,12 @@ def wide_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings_for(tiny_weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+def settings_for(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """``settings_for(**overrides)``: the tiny network on CPU, the default rig, a fresh rigs_dir."""
 
     def make(**overrides: Any) -> Settings:
         fields: dict[str, Any] = {
-            "model": tiny_weights_file,
+            "model": tiny_weights,
             "backend": "torch",
             "device": "cpu",
             "rig": DEFAULT_RIG,

@@ -84,11 +84,11 @@ def test_json_png_and_raw_replies_hold_the_same_grid(server: LiveServer, image_f
 
 
 def test_json_metadata_matches_the_rig_and_model(
-    server: LiveServer, image_files: Files, default_rig: Rig, tiny_weights_file: Path
+    server: LiveServer, image_files: Files, default_rig: Rig, tiny_weights: Path
 ) -> None:
     body = post_bev(server.base_url, image_files).json()
     assert body["rig"] == "default" and body["rig_fingerprint"] == default_rig.fingerprint
-    assert body["model"] == tiny_weights_file.name and body["backend"] == "torch-cpu" and body["mode"] == "images"
+    assert body["model"] == tiny_weights.name and body["backend"] == "torch-cpu" and body["mode"] == "images"
     grid = body["grid"]
     assert grid.pop("png_base64") and grid.pop("encoding") == "png"
     assert grid == default_rig.grid.metadata()
@@ -109,12 +109,12 @@ def test_grid_palette_is_the_class_table(server: LiveServer, image_files: Files)
 
 
 def test_grid_equals_the_in_process_pipeline(
-    server: LiveServer, frame_set: FrameSet, image_files: Files, default_rig: Rig, tiny_weights_file: Path
+    server: LiveServer, frame_set: FrameSet, image_files: Files, default_rig: Rig, tiny_weights: Path
 ) -> None:
     """The service adds transport, not arithmetic: same model, same rig, same frames, the same grid;
     cells no camera sees are UNKNOWN, the footprint EGO, every other cell a class."""
     grid = json_grid(post_bev(server.base_url, image_files))
-    segmenter = TorchSegmenter.from_file(tiny_weights_file, device="cpu")
+    segmenter = TorchSegmenter.from_file(tiny_weights, device="cpu")
     pipeline = BevPipeline(default_rig, segmenter, encoder=None)
     try:
         expected = pipeline.run(frame_set.jpeg).grid
@@ -165,10 +165,10 @@ def test_classes(server: LiveServer) -> None:
     assert required <= {row["name"] for row in table}
 
 
-def test_model(server: LiveServer, tiny_weights_file: Path) -> None:
+def test_model(server: LiveServer, tiny_weights: Path) -> None:
     info = httpx.get(server.url("/v1/model")).json()
-    assert info["file"] == tiny_weights_file.name and info["backend"] == "torch-cpu"
-    assert info["sha256"] == hashlib.sha256(tiny_weights_file.read_bytes()).hexdigest()
+    assert info["file"] == tiny_weights.name and info["backend"] == "torch-cpu"
+    assert info["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
     assert info["input_size_hw"] == [64, 96]
 
 

@@ -268,7 +268,7 @@ def test_rig_swap_under_load_answers_each_request_with_one_rig(
     settings_for: Callable[..., Any],
     frame_set: FrameSet,
     image_files: Files,
-    tiny_weights_file: Path,
+    tiny_weights: Path,
 ) -> None:
     """Three clients post all along while the default rig is replaced twice (front camera tilted, then a
     coarser grid). Each reply's grid is exactly what its reported rig gives (fusion-only replies to the
@@ -280,7 +280,7 @@ def test_rig_swap_under_load_answers_each_request_with_one_rig(
     versions.append(with_cell_size(versions[1], 0.1))
     rigs = [rig_from_yaml(as_yaml(v)) for v in versions]
     assert len({r.fingerprint for r in rigs}) == 3
-    expected = {r.fingerprint: expected_for(r, label_maps, tiny_weights_file) for r in rigs}
+    expected = {r.fingerprint: expected_for(r, label_maps, tiny_weights) for r in rigs}
     assert not np.array_equal(expected[rigs[0].fingerprint].grid_from_labels, expected[rigs[1].fingerprint].grid_from_labels)
     order = {r.fingerprint: i for i, r in enumerate(rigs)}
 
