@@ -108,13 +108,12 @@ def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
     """Training and validation frame sources of a TrainConfig or PruneConfig."""
     from bev_service.model.synthdata import open_source
 
-    train_source = open_source(
-        config.data, config.rig, input_size_hw, count=config.train_frame_sets, seed=config.data_seed, progress=config.progress
-    )
-    val_source = open_source(
-        config.val_data, config.rig, input_size_hw, count=config.val_frame_sets, seed=config.val_seed, progress=config.progress
-    )
-    return train_source, val_source
+    def source(data: str, count: int, seed: int) -> Any:
+        cache = config.render_cache or None
+        return open_source(data, config.rig, input_size_hw, count=count, seed=seed, progress=config.progress, cache_dir=cache)
+
+    train_source = source(config.data, config.train_frame_sets, config.data_seed)
+    return train_source, source(config.val_data, config.val_frame_sets, config.val_seed)
 
 
 def run_train(args: argparse.Namespace) -> int:

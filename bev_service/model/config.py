@@ -31,6 +31,7 @@ RESUMABLE_CHANGES = frozenset(
         "val_seed",
         "val_frame_sets",
         "prior_correction",
+        "render_cache",
     }
 )
 
@@ -106,6 +107,7 @@ class TrainConfig:
     val_data: str = "synth"  # held-out frame sets: "synth" renders data set `val_seed`, else a folder
     val_seed: int = 100_000
     val_frame_sets: int = 16
+    render_cache: str = ""  # a folder: rendered data sets are kept there and reused (model/synthdata.py); "": none
     width: float = 1.0
     input_height: int = 320
     input_width: int = 480
@@ -187,6 +189,7 @@ class PruneConfig:
     val_data: str = "synth"
     val_seed: int = 100_000
     val_frame_sets: int = 16
+    render_cache: str = ""
     latency_batch: int = 4  # images per timed batch: one frame set of the default rig
     latency_repeats: int = 10
     seed: int = 0

@@ -1,8 +1,8 @@
 """Frame sets for training and evaluation: per-camera images, pixel labels and (optionally) the true BEV.
 
 A source is anything with ``len`` and indexing that yields ``FrameSet``s at the network's input size.
-``ArraySource`` holds arrays in memory; ``synth_source`` renders the synthetic world on the fly and
-``directory_source`` reads what ``bev synth`` wrote (both in ``bev_service.model.synthdata``).
+``ArraySource`` holds arrays in memory; ``render_source`` renders the synthetic world up front and
+``DirectorySource`` reads what ``bev synth`` wrote (both in ``bev_service.model.synthdata``).
 """
 
 from __future__ import annotations

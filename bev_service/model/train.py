@@ -323,7 +323,10 @@ def _start_state(config: TrainConfig) -> tuple[int, dict[str, Any] | None]:
     if not config.resume:
         raise ModelError(f"{path} exists: pass --resume to continue that run, or choose another --out-dir")
     payload = load_checkpoint(path, config)
-    return int(payload["step"]), payload
+    step = int(payload["step"])
+    if step > config.steps:  # its weights went past this run's schedule: resuming would return them as they are
+        raise ModelError(f"{path} is at step {step}, beyond --steps {config.steps}; choose another --out-dir")
+    return step, payload
 
 
 def _loop(

@@ -74,6 +74,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     steps = [r["step"] for r in read_metrics(tmp_path) if "loss" in r]
     assert steps == [5, 10, 15, 20]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 20
+    with pytest.raises(ModelError, match="at step 20, beyond --steps 10"):
+        train(tiny_run(tmp_path, steps=10, eval_every=10, checkpoint_every=10, resume=True), source, val)
 
 
 def test_the_batch_of_a_step_depends_only_on_seed_and_step() -> None:
