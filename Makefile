@@ -70,7 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/load.py
 
-# Trains, prunes, exports and evaluates the shipped network (issue 4; about 54 min on 2 idle cores:
+# Trains, prunes, exports and evaluates the shipped network (issue 4; about 58 min on 2 idle cores:
 # models/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
 # comes from. --resume picks an interrupted run up where its last checkpoint left it.
 EVAL_DRIVE := $(BUILD)/eval-drive

@@ -11,7 +11,7 @@ them (same name, ``.onnx``) are used when present, else exported to a temporary 
 untrained, the pruned one by a one-step prune at ``--ratio``: sizes and speeds hold, mIoU does not
 (reported as null).
 
-Run: ``.venv/bin/python bench/model.py [--repeat N] [--quick]``. The last line printed is one JSON
+Run: ``.venv/bin/python bench/model.py [--repeat N] [--quick] [--threads N]``. The last line printed is one JSON
 object: ``{"bench": "model", "macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup", ...}``
 (ratios unpruned / pruned and torch / ORT; the mIoU drop as a fraction).
 """
@@ -66,19 +66,21 @@ def load_pair(args: Any) -> tuple[Pair, bool]:
     return {"unpruned": (unpruned, config, None), "pruned": (pruned, config.with_channels(pruned), None)}, False
 
 
-def onnx_segmenter(model: ENet, config: ModelConfig, weights: Path | None, scratch: Path, name: str) -> OnnxSegmenter:
+def onnx_segmenter(
+    model: ENet, config: ModelConfig, weights: Path | None, scratch: Path, name: str, threads: int
+) -> OnnxSegmenter:
     shipped = weights.with_suffix(".onnx") if weights is not None else None
     if shipped is not None and shipped.is_file():
-        return OnnxSegmenter(shipped)
-    return OnnxSegmenter(export_onnx(model, config, scratch / f"{name}.onnx"))
+        return OnnxSegmenter(shipped, threads=threads)
+    return OnnxSegmenter(export_onnx(model, config, scratch / f"{name}.onnx"), threads=threads)
 
 
-def segmenters(pair: Pair, scratch: Path, with_onnx: bool) -> dict[str, Segmenter]:
+def segmenters(pair: Pair, scratch: Path, with_onnx: bool, threads: int = 0) -> dict[str, Segmenter]:
     out: dict[str, Segmenter] = {}
     for name, (model, config, weights) in pair.items():
         out[f"torch {name}"] = TorchSegmenter(model, config, device="cpu")
         if with_onnx:
-            out[f"onnxruntime {name}"] = onnx_segmenter(model, config, weights, scratch, name)
+            out[f"onnxruntime {name}"] = onnx_segmenter(model, config, weights, scratch, name, threads)
     return out
 
 
@@ -100,7 +102,7 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
     size = pair["unpruned"][1].input_size_hw
     images = np.random.default_rng(0).integers(0, 256, size=(args.cameras, *size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as scratch:
-        segs = segmenters(pair, Path(scratch), with_onnx=not args.no_onnx)
+        segs = segmenters(pair, Path(scratch), with_onnx=not args.no_onnx, threads=args.threads)
         timings = time_interleaved({k: (lambda s=s: s.segment(images)) for k, s in segs.items()}, repeat=args.repeat, warmup=2)
     median = {t.name: t.median_ms for t in timings}
     sizes = {k: count_params_macs(m, size) for k, (m, _, _) in pair.items()}
@@ -126,6 +128,7 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
         gmacs_per_image={k: v[1] / 1e9 for k, v in sizes.items()},
         latency_ms=median,
         torch_threads=torch.get_num_threads(),
+        ort_threads=args.threads or "one per core",
         machine=machine(),
     )
     return timings, figures
@@ -142,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=4, help="images per timed batch (one frame set)")
     parser.add_argument("--frame-sets", type=int, default=16, help="held-out frame sets for mIoU")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (no export)")
+    parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.repeat, args.frame_sets = min(args.repeat, 3), min(args.frame_sets, 2)
     timings, figures = measure(args)
