@@ -45,3 +45,14 @@ def test_the_digest_follows_the_rig_file_and_the_settings(tmp_path: Path) -> Non
         render_digest(DEFAULT_RIG, count=2, seed=5, input_size_hw=(32, 48)),
     }
     assert base not in others and len(others) == 3
+
+
+def test_an_unreadable_or_stale_file_is_rendered_again(tmp_path: Path) -> None:
+    first = open_source("synth", DEFAULT_RIG, TINY_SIZE_HW, count=1, seed=5, cache_dir=tmp_path)
+    (kept,) = tmp_path.iterdir()
+    kept.write_bytes(kept.read_bytes()[:1000])  # truncated, as by a full disk outside the atomic write
+    stale = tmp_path / "render-seed5-n1-96x64-0123456789abcdef0123.npz"
+    stale.write_bytes(b"from an older renderer")
+    again = open_source("synth", DEFAULT_RIG, TINY_SIZE_HW, count=1, seed=5, cache_dir=tmp_path)
+    np.testing.assert_array_equal(first[0].images, again[0].images)
+    assert sorted(tmp_path.iterdir()) == [kept] and kept.stat().st_size > 1000
