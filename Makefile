@@ -76,7 +76,7 @@ bench: $(STAMP)
 EVAL_DRIVE := $(BUILD)/eval-drive
 train: $(STAMP)
 	$(BIN)/bev train --out-dir $(BUILD)/train --steps 8000 --seed 0 --threads 2 --render-cache $(BUILD)/cache --resume
-	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --final-finetune-steps 2000 --threads 2 --render-cache $(BUILD)/cache
+	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --distill 0 --final-finetune-steps 3000 --threads 2 --render-cache $(BUILD)/cache
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
 	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx

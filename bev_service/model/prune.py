@@ -9,7 +9,8 @@ layers whose channels must go together (a residual trunk, a conv with its batch 
 consumer) and ranks each group's channels by the L1 norm of their weights (``GroupMagnitudeImportance(p=1)``).
 ``iterative_steps`` steps each remove a further share of every group up to ``ratio``, with channel
 counts rounded down to multiples of 8 (never below 8), and fine-tune in between (``final_finetune_steps``
-more after the last step), half on the class-weighted loss and half distilled from the unpruned network.
+more after the last step) on the class-weighted loss, mixed with ``distill`` of distillation from the
+unpruned network when asked for.
 The class head is kept; the prior correction (``prior.py``) is chosen again at the end. The pruned
 channel table goes into the model config, so the pruned network reloads from a weights-only file.
 """

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from bev_service.model.backends import TorchSegmenter
@@ -55,7 +56,8 @@ def test_no_layer_is_emptied_at_a_high_ratio() -> None:
         assert model(torch.rand(1, 3, *TINY_SIZE_HW)).shape == (1, HALF.num_classes, *TINY_SIZE_HW)
 
 
-def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize("distill", [0.0, 0.5], ids=["plain", "distilled"])
+def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path, distill: float) -> None:
     source = procedural_source(6)
     model_path, out = tmp_path / "model.pt", tmp_path / "pruned.pt"
     save_model(model_path, tiny_model(config=HALF), HALF)
@@ -66,6 +68,7 @@ def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path) -> 
         iterative_steps=2,
         finetune_steps=3,
         final_finetune_steps=2,
+        distill=distill,
         batch_size=4,
         crop_height=0,
         crop_width=0,
