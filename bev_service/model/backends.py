@@ -27,7 +27,7 @@ from torch import nn
 
 from bev_service.errors import FrameError
 from bev_service.model.config import ModelConfig
-from bev_service.model.enet import INPUT_MULTIPLE, ENet, fold_batch_norms
+from bev_service.model.enet import INPUT_MULTIPLE, ENet, fold_batch_norms, network_input
 from bev_service.model.weights import CLASS_NAMES, ModelError, check_classes, load_model
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ class ArgmaxNet(nn.Module):
         self.with_confidence = with_confidence
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W) in [0, 1]
-        return self.from_float(x)
+        return self.from_float(network_input(images))
 
     def from_float(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)  # (N, C, H, W)

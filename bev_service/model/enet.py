@@ -311,6 +311,11 @@ def enet(
     return ENet(num_classes=num_classes, in_channels=in_channels, channels=table, dropout=dropout, act=activation)
 
 
+def network_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, H, W, 3), as cameras and files give them, to the network's float (N, 3, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 255.0
+
+
 def placed(model: ENet, device: torch.device | str | None = None, *, channels_last: bool = True) -> ENet:
     """``model`` moved to ``device`` (in place) with its weights channels-last (NHWC) or back to contiguous NCHW.
 

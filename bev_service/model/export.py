@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bev_service.model.backends import ONNX_CONFIG_KEY, ArgmaxNet, OnnxSegmenter, TorchSegmenter
-from bev_service.model.enet import INPUT_MULTIPLE, ENet
+from bev_service.model.enet import INPUT_MULTIPLE, ENet, network_input
 from bev_service.model.weights import ModelConfig, ModelError
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def check_onnx(model: ENet, config: ModelConfig, path: str | Path, images: np.nd
     expected = torch_seg.segment(images, confidence=want_conf)
     got = ort_seg.segment(images, confidence=want_conf)
     with torch.inference_mode():
-        logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)  # (N, C, H, W)
+        logits = model(network_input(torch.from_numpy(images)))  # (N, C, H, W)
         top2 = logits.topk(2, dim=1).values
         clear = (top2[:, 0] - top2[:, 1] > margin).numpy()  # (N, H, W)
     diff = expected.labels_numpy() != got.labels

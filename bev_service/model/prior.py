@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bev_service.model.data import FrameSource
-from bev_service.model.enet import ENet
+from bev_service.model.enet import ENet, network_input
 from bev_service.model.evaluate import Confusion
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def alpha_scores(
     confusions = {a: Confusion(model.num_classes) for a in alphas}
     for i in range(len(source)):
         frame_set = source[i]
-        x = torch.from_numpy(frame_set.images).to(device).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
-        logits = model(x).float()  # (N, C, H, W)
+        logits = model(network_input(torch.from_numpy(frame_set.images).to(device))).float()  # (N, C, H, W)
         for a, conf in confusions.items():
             conf.update((logits - a * log_w).argmax(dim=1).to(torch.uint8).cpu().numpy(), frame_set.labels)
     return {a: conf.miou() for a, conf in confusions.items()}

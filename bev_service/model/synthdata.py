@@ -118,7 +118,9 @@ def cached_render(
             log.warning("%s is unreadable (%s); rendering again", path, exc)
     source = render_source(load_rig(rig_path), count=count, seed=seed, input_size_hw=input_size_hw, progress=progress)
     frames = [source[i] for i in range(len(source))]
-    truths = [fs.bev for fs in frames if fs.bev is not None]  # render_source attaches the true BEV to every set
+    truths = [fs.bev for fs in frames if fs.bev is not None]
+    if len(truths) != len(frames):
+        raise ValueError("a rendered frame set lacks its true BEV grid")  # render_source attaches one to every set
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from bev_service.model.backends import TorchSegmenter, default_device
 from bev_service.model.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig
 from bev_service.model.data import FrameSource
-from bev_service.model.enet import ENet, placed
+from bev_service.model.enet import ENet, network_input, placed
 from bev_service.model.evaluate import IGNORE, evaluate
 from bev_service.model.plot import Series, plot_training
 from bev_service.model.prior import correct_prior
@@ -119,7 +119,7 @@ def augment(images: NDArray[np.uint8], labels: NDArray[np.uint8], rng: np.random
     mirror keeps labels valid because every class is symmetric under it.
     """
     b = images.shape[0]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+    x = network_input(torch.from_numpy(images))  # (B, 3, H, W)
     y = torch.from_numpy(labels).long()  # (B, H, W)
     flip = torch.from_numpy(rng.random(b) < 0.5)
     x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
