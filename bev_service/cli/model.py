@@ -80,6 +80,13 @@ def register(commands: Any) -> None:
     p.add_argument("--rig", default="calibration/default_rig.yaml")
     p.add_argument("--val-seed", type=int, default=100_000, help="data set seed of the held-out frame sets when rendering")
     p.add_argument("--frame-sets", type=int, default=16, help="frame sets to render (with --data synth)")
+    p.add_argument(
+        "--labels-at",
+        default="input",
+        choices=("input", "frame"),
+        help="score at the network's input size (labels resized, nearest), or at the size a folder's labels were "
+        "written at, the prediction scaled up to it: one reference for networks of different input sizes",
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=run_eval)
 
@@ -133,9 +140,10 @@ def run_eval(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args.model, backend=args.backend)
     rig = load_rig(args.rig)
     size = segmenter.input_size_hw
-    source = open_source(args.data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True)
+    native = args.labels_at == "frame"
+    source = open_source(args.data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True, native_size=native)
     report = evaluate(segmenter, source, projector=BevProjector(rig), progress=True).report()
-    report = {"model": str(args.model), "backend": segmenter.backend, "data": args.data, **report}
+    report = {"model": str(args.model), "backend": segmenter.backend, "data": args.data, "labels_at": args.labels_at, **report}
     print(format_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ sees (not unknown, not ego). Beside it: the oracle (the warp of the *true* camer
 perfect segmenter gives through a flat-ground warp) against the true BEV, which is the ceiling a
 flat-ground warp allows (objects with height smear), and the prediction against the oracle.
 
+Scores are taken at the labels' size. That is the network's input size, unless a folder is read at
+the size it was written at (``bev eval --labels-at frame``): then the prediction is scaled up to the
+camera's labels, one reference for networks of different input sizes.
+
 mIoU averages the classes present in the reference (a class the reference never holds has no IoU).
 """
 
@@ -22,7 +26,7 @@ from tqdm import tqdm
 
 from bev_service.classes import CLASSES
 from bev_service.model.backends import Segmenter
-from bev_service.model.data import FrameSet, FrameSource
+from bev_service.model.data import FrameSet, FrameSource, resize_images, resize_labels
 from bev_service.projector import BevProjector
 
 IGNORE = 255
@@ -134,13 +138,18 @@ def evaluate(
     indices: Iterable[int] | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Segment every frame set of ``source`` (all cameras in one batch) and gather the confusions."""
+    """Segment every frame set of ``source`` (all cameras in one batch) and gather the confusions.
+
+    Frame sets larger than the network's input are scored at their own size: the images are resized to the input
+    (area averaging, as the pipeline does) and the prediction is scaled back up to the labels (nearest).
+    """
     result = Evaluation.empty(tuple(segmenter.config.class_names))
     chosen = list(indices) if indices is not None else list(range(len(source)))
     for i in tqdm(chosen, desc="evaluate", unit="frame set", disable=not progress):
         frame_set = source[i]
-        predicted = segmenter.segment(frame_set.images).labels_numpy()
-        result.add(frame_set, predicted, projector)
+        images = resize_images(frame_set.images, segmenter.input_size_hw)
+        predicted = segmenter.segment(images).labels_numpy()  # (N, h, w) at the input size
+        result.add(frame_set, resize_labels(predicted, frame_set.labels.shape[1:3]), projector)
     return result
 
 

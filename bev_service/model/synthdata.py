@@ -55,12 +55,19 @@ def render_source(rig: Rig, *, count: int, seed: int, input_size_hw: tuple[int, 
 
 
 class DirectorySource:
-    """The frame sets of a ``bev synth`` folder, in manifest order, resized to the input size."""
+    """The frame sets of a ``bev synth`` folder, in manifest order, resized to the input size.
 
-    def __init__(self, folder: str | Path, input_size_hw: tuple[int, int], rig: Rig | None = None) -> None:
+    With ``resize=False`` they keep the size they were written at (the camera's, for a folder rendered at scale 1):
+    ``bev eval --labels-at frame`` scores networks of different input sizes against one reference.
+    """
+
+    def __init__(
+        self, folder: str | Path, input_size_hw: tuple[int, int], rig: Rig | None = None, *, resize: bool = True
+    ) -> None:
         from bev_service.synth import read_manifest
 
         self.folder = Path(folder)
+        self.resize = resize
         self.manifest = read_manifest(self.folder)
         self.input_size_hw = input_size_hw
         self.cameras = tuple(self.manifest["cameras"])
@@ -82,7 +89,7 @@ class DirectorySource:
             bev=stored.bev_truth,
             name=stored.name,
         )
-        return resized(frame, self.input_size_hw)
+        return resized(frame, self.input_size_hw) if self.resize else frame
 
 
 def render_digest(rig_path: str | Path, *, count: int, seed: int, input_size_hw: tuple[int, int]) -> str:
@@ -156,12 +163,16 @@ def open_source(
     seed: int,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    native_size: bool = False,
 ) -> FrameSource:
     """``"synth"``: render ``count`` frame sets of data set ``seed`` (through ``cache_dir`` when given);
-    otherwise a ``bev synth`` folder (``count`` and ``seed`` unused), decoded on first use and kept."""
+    otherwise a ``bev synth`` folder (``count`` and ``seed`` unused), decoded on first use and kept, at the input
+    size or (``native_size``) at the size it was written at."""
+    if native_size and data == SYNTH:
+        raise FrameError("frame sets at their own size need a bev synth folder (rendered ones come at the input size)")
     if data == SYNTH and cache_dir:
         return cached_render(rig_path, cache_dir, count=count, seed=seed, input_size_hw=input_size_hw, progress=progress)
     rig = load_rig(rig_path)
     if data == SYNTH:
         return render_source(rig, count=count, seed=seed, input_size_hw=input_size_hw, progress=progress)
-    return CachedSource(DirectorySource(data, input_size_hw, rig))
+    return CachedSource(DirectorySource(data, input_size_hw, rig, resize=not native_size))

@@ -13,9 +13,14 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.cli.main import main
 from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.imageio import read_labels
-from bev_service.model.weights import load_model
+from bev_service.model.backends import TorchSegmenter
+from bev_service.model.config import ModelConfig
+from bev_service.model.data import resize_images, resize_labels
+from bev_service.model.evaluate import Confusion
+from bev_service.model.synthdata import DirectorySource
+from bev_service.model.weights import load_model, save_model
 from tests.conftest import DEFAULT_RIG
-from tests.model.conftest import TINY_SIZE_HW
+from tests.model.conftest import TINY_SIZE_HW, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +59,35 @@ def test_train_eval_prune_on_a_synth_folder(synth_folder: Path, tmp_path: Path, 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["macs_ratio"] > 1.0 and summary["after"]["params"] < summary["before"]["params"]
     assert load_model(pruned).info["prune_report"]["macs_ratio"] == summary["macs_ratio"]
+
+
+def test_eval_at_the_frame_size_scores_a_smaller_network_against_the_folders_labels(
+    synth_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    half = ModelConfig(width=0.25, input_size_hw=(TINY_SIZE_HW[0] // 2, TINY_SIZE_HW[1] // 2))
+    model = tmp_path / "half.pt"
+    save_model(model, tiny_model(config=half), half)
+    common = ["eval", "--model", str(model), "--data", str(synth_folder), "--rig", str(DEFAULT_RIG)]
+    reports = {}
+    for where in ("input", "frame"):
+        assert main([*common, "--labels-at", where, "--json", str(tmp_path / f"{where}.json")]) == 0
+        reports[where] = json.loads((tmp_path / f"{where}.json").read_text())
+    assert reports["frame"]["labels_at"] == "frame"
+
+    # By hand: images shrunk to the input (as the pipeline does), the prediction scaled back up, nearest.
+    source = DirectorySource(synth_folder, half.input_size_hw, resize=False)
+    segmenter = TorchSegmenter(tiny_model(config=half), half, device="cpu")
+    by_hand = Confusion(half.num_classes)
+    for i in range(len(source)):
+        frame = source[i]
+        assert frame.labels.shape[1:] == TINY_SIZE_HW  # the folder's own size, twice the input
+        predicted = segmenter.segment(resize_images(frame.images, half.input_size_hw)).labels_numpy()
+        by_hand.update(resize_labels(predicted, TINY_SIZE_HW), frame.labels)
+    assert reports["frame"]["image"]["miou"] == pytest.approx(by_hand.miou(), abs=1e-4)
+    assert reports["frame"]["image"] != reports["input"]["image"]  # labels at 48x32 are another reference
+
+    assert main([*common[:3], "--data", "synth", "--labels-at", "frame"]) == 2
+    assert "need a bev synth folder" in capsys.readouterr().err
 
 
 def test_resuming_with_other_settings_is_an_error_exit(
