@@ -4,7 +4,9 @@ Stages: decode (four JPEGs, threads), resize to the network input, segment (argm
 device), one-gather warp on that device, grid to the host, PNG encode. Frames are synthetic frame
 sets of the default rig (held-out worlds), cycled. Reported: median and p99 latency of a frame set,
 the median of every stage, and the bytes handed from the backend to the host per frame set (the
-grid's 160000 with torch; the label maps with ONNX Runtime, whose warp runs on the host).
+grid's 160000 with torch; the label maps with ONNX Runtime, whose warp runs on the host). With ONNX
+Runtime, the baseline is the same pipeline on ONNX Runtime's default session, whose worker threads spin
+between runs and take the cores from the JPEG decoding (``speedup_vs_spinning``).
 With a CUDA GPU, also the torch-CUDA latency and the throughput of batched frame sets.
 
 Model: ``--model`` (default: the shipped ``models/enet-pruned.onnx``, else ``.pt``); without a shipped
@@ -129,15 +131,25 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
     rig = load_rig(DEFAULT_RIG_PATH)
     frames = frame_sets(rig, 1 if args.quick else 4)
     projector = BevProjector(rig)
+    baseline = None
     with tempfile.TemporaryDirectory() as scratch:
         segmenter, note = choose_segmenter(args, Path(scratch))
         pipeline = BevPipeline(rig, segmenter, projector=projector)
         timing, details = time_pipeline(pipeline, frames, args.repeat, f"pipeline {segmenter.backend}")
         pipeline.close()
-    timings = [timing]
+        if isinstance(segmenter, OnnxSegmenter):
+            # The baseline: the same graph with ONNX Runtime's default of worker threads that busy-wait between runs.
+            # Timed after, not interleaved: a spinning session slows whatever runs next, so alternating would
+            # charge its cost to the other side.
+            spinning = BevPipeline(rig, OnnxSegmenter(segmenter.path, spin=True), projector=projector)
+            baseline, _ = time_pipeline(spinning, frames, args.repeat, "baseline: ONNX Runtime default (spinning threads)")
+            spinning.close()
+    timings = [timing, *([baseline] if baseline else [])]
     figures: dict[str, Any] = {
         "median_ms": timing.median_ms,
         "p99_ms": timing.p99_ms,
+        "baseline_median_ms": baseline.median_ms if baseline else None,
+        "speedup_vs_spinning": baseline.median_ms / timing.median_ms if baseline else None,
         "device_to_host_bytes": details["device_to_host_bytes"],
         "grid_bytes": details["grid_bytes"],
         "stages_ms": details["stages_ms"],
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     timings, figures = measure(args)
     print(format_table(timings))
     print("stages (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in figures["stages_ms"].items()))
+    if figures["speedup_vs_spinning"]:
+        print(f"against ONNX Runtime's default spinning threads: {figures['speedup_vs_spinning']:.2f}x")
     print(f"model: {figures['model']}; machine: {figures['machine']}")
     print(json_line("pipeline", figures))
     return 0

@@ -14,10 +14,10 @@ The server is ``bev serve`` in a child process on a free 127.0.0.1 port, not uvi
 process: each side then has its own interpreter (GIL, allocator, thread pools) as in deployment, so the
 figure is the cost of the service (HTTP or WebSocket, multipart, the engine's queue hop, the reply) and
 not contention with the bench's own threads. Both sides load the same model file on the same backend with
-the same function (``load_segmenter``: ONNX Runtime with its default session options, torch with its
-default thread count) and the same pipeline settings (palette PNG encoder, pixel limit). One doubt is
-left: the two processes share the CPU, and a backend's idle worker threads in one may still spin briefly
-while the other works.
+the same function (``load_segmenter``: ONNX Runtime with worker threads that sleep between runs, torch with
+its default thread count) and the same pipeline settings (palette PNG encoder, pixel limit). The two
+processes share the CPU; ONNX Runtime's default of spinning threads would let the idle side take cores
+from the working one, which is why the sessions do not spin (``OnnxSegmenter``).
 
 After timing, an untimed check: REST (JSON, PNG, raw) and the stream return the in-process grid.
 

@@ -161,11 +161,20 @@ def _uint8_nhwc(batch: Any) -> np.ndarray:
 
 
 class OnnxSegmenter(Segmenter):
-    """ONNX Runtime on the CPU over a graph written by ``export_onnx`` (ArgMax and Cast to uint8 inside)."""
+    """ONNX Runtime on the CPU over a graph written by ``export_onnx`` (ArgMax and Cast to uint8 inside).
+
+    Its worker threads sleep between runs (``spin=False``). ONNX Runtime's default lets them busy-wait
+    after every run, and on a 2-core machine they then take the cores from whatever runs next: the
+    pipeline's JPEG decoding and warp, the service's HTTP handling, another session. In ``bench/model.py``,
+    a pruned session run after an unpruned one took 69-73 ms with spinning against 54 ms without, and
+    torch runs after them were slowed by up to 45%.
+    """
 
     backend = "onnxruntime-cpu"
 
-    def __init__(self, path: str | Path, *, classes: tuple[str, ...] | None = DEFAULT_CLASSES, threads: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, *, classes: tuple[str, ...] | None = DEFAULT_CLASSES, threads: int = 0, spin: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         source = Path(path)
@@ -174,6 +183,7 @@ class OnnxSegmenter(Segmenter):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per physical core
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self._session = ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)

@@ -71,6 +71,15 @@ def test_onnx_graph_ends_in_argmax_and_a_cast_to_uint8(tiny_onnx: Path) -> None:
     assert [o.name for o in graph.output] == ["labels", "confidence"]
 
 
+def test_onnx_runtime_worker_threads_sleep_between_runs_unless_asked_to_spin(tiny_onnx: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    quiet, spinning = OnnxSegmenter(tiny_onnx), OnnxSegmenter(tiny_onnx, spin=True)
+    assert quiet._session.get_session_options().get_session_config_entry(key) == "0"
+    assert spinning._session.get_session_options().get_session_config_entry(key) == "1"
+    images = random_images(2)
+    assert np.array_equal(quiet.segment(images).labels, spinning.segment(images).labels)
+
+
 def test_onnx_runtime_takes_other_sizes_and_batches(tiny_onnx: Path) -> None:
     images = random_images(1, (32, 48), seed=2)
     expected = TorchSegmenter(tiny_model(), TINY, device="cpu").segment(images).labels_numpy()

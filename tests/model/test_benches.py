@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 from bench import model as model_bench
 from bench import pipeline as pipeline_bench
@@ -36,3 +37,12 @@ def test_pipeline_bench_hands_back_only_the_grid() -> None:
     assert set(figures["stages_ms"]) == {"decode", "resize", "segment", "warp", "to_host", "encode", "total"}
     assert 0 < figures["median_ms"] <= figures["p99_ms"] and figures["frame_size_hw"] == [640, 960]
     assert "stages (median ms)" in text
+
+
+def test_pipeline_bench_on_onnx_runtime_times_the_spinning_default_beside_it(tiny_onnx: Path) -> None:
+    text, figures = run(pipeline_bench.main, ["--quick", "--model", str(tiny_onnx), "--repeat", "2"])
+    assert figures["backend"] == "onnxruntime-cpu" and figures["input_size_hw"] == [64, 96]
+    assert figures["baseline_median_ms"] > 0 and figures["speedup_vs_spinning"] > 0
+    assert "baseline: ONNX Runtime default (spinning threads)" in text
+    # ONNX Runtime hands the four label maps to the host; the warp runs there.
+    assert figures["device_to_host_bytes"] == 4 * 64 * 96
