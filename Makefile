@@ -82,11 +82,16 @@ train: $(STAMP)
 	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx
 	$(MAKE) eval
 
+# The drive is rendered at the cameras' 960x640, as JPEGs: the networks see it through the pipeline's resize.
+# Scored twice: at the network's input size (labels resized, nearest), and at 960x640 (--labels-at frame).
 eval: $(STAMP)
 	rm -rf $(EVAL_DRIVE)
-	$(BIN)/bev synth --drive --frames 24 --speed-mps 8 --fps 2 --seed 200000 --scale 0.5 --out $(EVAL_DRIVE)
-	$(BIN)/bev eval --model models/enet.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet.json
-	$(BIN)/bev eval --model models/enet-pruned.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet-pruned.json
+	$(BIN)/bev synth --drive --frames 24 --speed-mps 8 --fps 2 --seed 200000 --out $(EVAL_DRIVE) --no-progress
+	for m in enet enet-pruned; do \
+		$(BIN)/bev eval --model models/$$m.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-$$m.json && \
+		$(BIN)/bev eval --model models/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json \
+		|| exit 1; \
+	done
 
 # Builds the image on a local base, brings the compose demo up, checks the demo streamer's grids, tears down.
 docker-test:
