@@ -165,9 +165,9 @@ class OnnxSegmenter(Segmenter):
 
     Its worker threads sleep between runs (``spin=False``). ONNX Runtime's default lets them busy-wait
     after every run, and on a 2-core machine they then take the cores from whatever runs next: the
-    pipeline's JPEG decoding and warp, the service's HTTP handling, another session. In ``bench/model.py``,
-    a pruned session run after an unpruned one took 69-73 ms with spinning against 54 ms without, and
-    torch runs after them were slowed by up to 45%.
+    pipeline's JPEG decoding and warp, the service's HTTP handling, another session. Timed interleaved
+    with other segmenters, as ``bench/model.py`` does, a pruned session run after an unpruned one took
+    69-73 ms with spinning against 54 ms without, and torch runs after them were slowed by up to 45%.
     """
 
     backend = "onnxruntime-cpu"
