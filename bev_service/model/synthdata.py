@@ -9,13 +9,15 @@ With a ``cache_dir``, a rendered data set is also written there as one uncompres
 back by the next command that asks for the same one (``make train`` renders the 256 training frame sets
 once for ``bev train`` and ``bev prune``: 98 s on 2 cores, against under 2 s to read 670 MB back). The
 file's name holds a digest of everything the pixels depend on: the rig file, the count, the seed, the
-input size, and the source of the renderer and of the geometry. Any change to them renders afresh and
-replaces the stale file of the same data set; an unreadable file is rendered again.
+input size, and the source of the renderer, of the geometry and of the cache's own functions. Any change
+to them renders afresh and replaces the stale file of the same data set; an unreadable file is rendered
+again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 
 SYNTH = "synth"
 _PACKAGE = Path(__file__).resolve().parents[1]  # bev_service/
-# What a rendered frame set depends on, besides the rig file and the render settings.
-RENDER_CODE = ("synth", "geometry", "calib", "classes.py", "model/data.py", "model/synthdata.py")
+# What a rendered frame set depends on, besides the rig file and the render settings: these files, and the
+# functions of this module that render, write and read a cached set (``_CACHE_FUNCTIONS``; the rest of the
+# module, folders and evaluation sizes, can change without rendering 670 MB again).
+RENDER_CODE = ("synth", "geometry", "calib", "classes.py", "model/data.py")
 
 
 def render_source(rig: Rig, *, count: int, seed: int, input_size_hw: tuple[int, int], progress: bool = False) -> ArraySource:
@@ -101,6 +105,8 @@ def render_digest(rig_path: str | Path, *, count: int, seed: int, input_size_hw:
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             h.update(file.relative_to(_PACKAGE).as_posix().encode())
             h.update(file.read_bytes())
+    for function in _CACHE_FUNCTIONS:
+        h.update(inspect.getsource(function).encode())
     return h.hexdigest()[:20]
 
 
@@ -152,6 +158,9 @@ def _read_rendered(path: Path) -> ArraySource:
     log.info("read %d rendered frame sets from %s", len(names), path)
     stacks = zip(images, labels, bev, names, strict=True)
     return ArraySource([FrameSet(images=i, labels=lb, bev=b, name=str(n)) for i, lb, b, n in stacks])
+
+
+_CACHE_FUNCTIONS = (render_source, cached_render, _read_rendered)
 
 
 def open_source(
