@@ -122,7 +122,7 @@ class TrainConfig:
     focus: float = 0.5  # share of crops centred on a pixel of a focus class (when the image has one)
     focus_classes: str = "pedestrian,static_obstacle"  # comma-separated class names; "" turns focusing off
     precision: str = "bf16"  # "bf16": autocast forward passes (oneDNN AMX / AVX512-BF16 on CPUs, tensor cores on GPUs); "fp32"
-    prior_correction: bool = True  # fold the validation-chosen share of -log(class weight) into the head (model/prior.py)
+    prior_correction: bool = True  # fold validation-chosen logit offsets (-alpha log w, per class) into the head (model/prior.py)
     eval_every: int = 500
     checkpoint_every: int = 250
     log_every: int = 25
