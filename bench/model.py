@@ -44,7 +44,9 @@ from bev_service.projector import BevProjector
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RIG = REPO / "calibration" / "default_rig.yaml"
 MODELS = REPO / "models"
-HELD_OUT_SEED = 100_000  # the data set seed `bev train` validates on and `bev eval` evaluates on
+# A data set seed no training run, validation or prior correction saw (`bev train` trains on data set 0 and
+# validates and tunes the prior correction on 100000): the mIoU drop is measured on unseen frame sets.
+HELD_OUT_SEED = 300_000
 
 Pair = dict[str, tuple[ENet, ModelConfig, Path | None]]
 
