@@ -15,8 +15,9 @@ carry them at no cost:
    Applied to the ENet shipped before it (alpha 1.0), it moved static obstacles by +0.5 and lifted
    the held-out drive's image mIoU from 0.763 to 0.770; tuned on the drive itself it reached 0.775.
 
-The validation logits are held in memory once (16 frame sets of the default rig: 315 MB of float32),
-and each trial offset costs one comparison and one bincount, not a forward pass.
+The validation logits are computed once and held in memory (16 frame sets of the default rig: 315 MB of
+float32, about 1 GB at the peak of the search), and each trial offset costs one comparison and one
+bincount, not a forward pass.
 """
 
 from __future__ import annotations
@@ -61,19 +62,14 @@ def _miou(predicted: torch.Tensor, reference: torch.Tensor, num_classes: int) ->
 
 
 def alpha_scores(
-    model: ENet,
-    weights: torch.Tensor,
-    source: FrameSource,
-    alphas: tuple[float, ...] = ALPHAS,
-    *,
-    logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, alphas: tuple[float, ...] = ALPHAS
 ) -> dict[float, float]:
-    """Validation mIoU for each ``alpha`` of the logit offset ``-alpha * log(weights)``."""
-    scores, labels = logits if logits is not None else validation_logits(model, source)
-    keep = labels < model.num_classes  # 255: no label
+    """mIoU against ``labels`` (N, H, W) of ``logits`` (N, C, H, W) offset by ``-alpha * log(weights)``, per ``alpha``."""
+    n = logits.shape[1]
+    keep = labels < n  # 255: no label
     reference = labels[keep].long()
     log_w = torch.log(weights.float().cpu()).reshape(1, -1, 1, 1)
-    return {a: _miou((scores - a * log_w).argmax(dim=1)[keep], reference, model.num_classes) for a in alphas}
+    return {a: _miou((logits - a * log_w).argmax(dim=1)[keep], reference, n) for a in alphas}
 
 
 def class_offsets(logits: torch.Tensor, labels: torch.Tensor, *, rounds: int = OFFSET_ROUNDS) -> tuple[torch.Tensor, float]:
@@ -90,13 +86,13 @@ def class_offsets(logits: torch.Tensor, labels: torch.Tensor, *, rounds: int = O
         moved = False
         for c in range(1, n):
             shifted = flat + offsets[:, None]
-            others = shifted.clone()
-            others[c] = -torch.inf
-            top, runner_up = others.max(dim=0)  # the best other class of every pixel
-            margin = shifted[c] - top  # class c wins where margin + delta > 0
+            own = shifted[c].clone()
+            shifted[c] = -torch.inf
+            top, runner_up = shifted.max(dim=0)  # the best other class of every pixel
+            margin = own - top  # class c wins where margin + delta > 0
             trial = [(_miou(torch.where(margin + d > 0, c, runner_up), reference, n), float(d)) for d in deltas]
-            score, delta = max(trial, key=lambda t: (t[0], -abs(t[1])))
-            if score >= best + MIN_GAIN and delta != 0.0:
+            score, delta = max(trial, key=lambda t: (t[0], -abs(t[1])))  # ties: the smallest move (0 is a trial)
+            if score >= best + MIN_GAIN:
                 offsets[c] += delta
                 best, moved = score, True
         if not moved:
@@ -115,7 +111,7 @@ def correct_prior(
     if weights.shape != (model.num_classes,) or not bool((weights > 0).all()):
         raise ValueError(f"expected {model.num_classes} positive class weights, got {tuple(weights.tolist())}")
     logits, labels = validation_logits(model, source)
-    scores = alpha_scores(model, weights, source, alphas, logits=(logits, labels))
+    scores = alpha_scores(logits, labels, weights, alphas)
     best = max(scores, key=lambda a: (np.nan_to_num(scores[a], nan=-1.0), -a))
     log_w = torch.log(weights.float().cpu())
     out: dict[str, object] = {"alpha": best, "val_miou_by_alpha": {str(a): round(float(v), 4) for a, v in scores.items()}}

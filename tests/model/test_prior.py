@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bev_service.model.prior import ALPHAS, OFFSET_RANGE, OFFSET_ROUNDS, alpha_scores, class_offsets, correct_prior
+from bev_service.model.prior import (
+    ALPHAS,
+    OFFSET_RANGE,
+    OFFSET_ROUNDS,
+    alpha_scores,
+    class_offsets,
+    correct_prior,
+    validation_logits,
+)
 from bev_service.model.train import validate
 from tests.model.conftest import TINY, procedural_source, tiny_model
 
@@ -17,7 +25,7 @@ def test_the_folded_correction_scores_what_was_chosen() -> None:
     weights = torch.ones(8)
     weights[6] = float(torch.exp(torch.tensor(4.0)))  # log w_6 = 4: alpha 1 removes the bias exactly
     source = procedural_source(2, seed=4)
-    before = alpha_scores(model, weights, source)
+    before = alpha_scores(*validation_logits(model, source), weights)
     assert set(before) == set(ALPHAS)
     head_before = model.head.bias.detach().clone()
     chosen = correct_prior(model, weights, source)
