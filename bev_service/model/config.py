@@ -121,6 +121,7 @@ class TrainConfig:
     class_weight_c: float = 1.02  # ENet's class weighting 1 / ln(c + p_class) (Paszke et al., 2016, sec. 5.2)
     focus: float = 0.5  # share of crops centred on a pixel of a focus class (when the image has one)
     focus_classes: str = "pedestrian,static_obstacle"  # comma-separated class names; "" turns focusing off
+    lovasz: float = 0.0  # weight of the Lovász-softmax loss (an IoU surrogate) added to the cross-entropy
     precision: str = "bf16"  # "bf16": autocast forward passes (oneDNN AMX / AVX512-BF16 on CPUs, tensor cores on GPUs); "fp32"
     prior_correction: bool = True  # fold validation-chosen logit offsets (-alpha log w, per class) into the head (model/prior.py)
     eval_every: int = 500
@@ -147,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.focus <= 1.0:
             raise ValueError(f"focus must be in [0, 1], got {self.focus}")
+        if self.lovasz < 0:
+            raise ValueError(f"lovasz must be non-negative, got {self.lovasz}")
         unknown = sorted(set(self.focus_class_names) - {c.name for c in CLASSES})
         if unknown:
             raise ValueError(f"unknown focus classes {unknown}; the classes are {[c.name for c in CLASSES]}")
@@ -175,6 +178,7 @@ class PruneConfig:
     # teacher's forward pass makes a step 1.4x slower, and in equal time more plain steps scored higher (models/README.md).
     distill: float = 0.0
     distill_temperature: float = 2.0
+    lovasz: float = 0.0  # weight of the Lovász-softmax loss added to the fine-tuning's cross-entropy (TrainConfig)
     prior_correction: bool = True
     lr: float = 6e-3  # 1e-3, 2e-3, 4e-3 and 6e-3 gave 0.721, 0.736, 0.742 and 0.748 validation mIoU (models/README.md)
     warmup_steps: int = 20
@@ -220,6 +224,7 @@ class PruneConfig:
             crop_width=self.crop_width,
             focus=self.focus,
             focus_classes=self.focus_classes,
+            lovasz=self.lovasz,
             precision=self.precision,
             seed=self.seed,
             progress=self.progress,

@@ -135,6 +135,37 @@ def augment(images: NDArray[np.uint8], labels: NDArray[np.uint8], rng: np.random
     return (x + noise).clamp(0.0, 1.0), y
 
 
+def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, *, top_k: int = 32768) -> torch.Tensor:
+    """The Lovász-softmax loss (Berman et al., CVPR 2018, arXiv:1705.08790): a convex surrogate of
+    1 - IoU per class, averaged over the classes ``target`` holds, over the whole batch.
+
+    Per class, the pixels' errors |fg - p| are sorted in decreasing order, and each is weighted by how
+    much it adds to the Jaccard loss of the sorted prefix, so the gradient pushes the pixels that cost
+    IoU (a thin class's few pixels weigh as much as a wide one's many). Only the ``top_k`` largest
+    errors per class are sorted: a full sort of 8 x 393,216 errors costs 130 ms on 2 cores, a partial one
+    a few times less. The weights of the kept pixels are exact (the prefix sums count every ground-truth
+    pixel); the dropped tail holds the smallest errors. ``IGNORE`` pixels take no part.
+
+    ``logits`` (B, C, H, W) float; ``target`` (B, H, W) int64 class ids or IGNORE.
+    """
+    c = logits.shape[1]
+    probs = F.softmax(logits, dim=1).transpose(0, 1).reshape(c, -1)  # (C, P)
+    t = target.reshape(1, -1)  # (1, P)
+    fg = (t == torch.arange(c, device=t.device).reshape(c, 1)).to(probs.dtype)  # (C, P)
+    gts = fg.sum(dim=1)  # (C,)
+    errors = torch.where(t != IGNORE, (fg - probs).abs(), -1.0)  # ignored pixels sort last
+    top, order = errors.topk(min(top_k, errors.shape[1]), dim=1)  # (C, K), decreasing
+    fg_top = fg.gather(1, order)
+    neg_top = (top >= 0).to(probs.dtype) - fg_top  # valid background pixels of the class
+    intersection = gts[:, None] - fg_top.cumsum(dim=1)
+    union = gts[:, None] + neg_top.cumsum(dim=1)
+    jaccard = 1.0 - intersection / union.clamp_min(1.0)  # (C, K): the loss of each sorted prefix
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    per_class = (top.clamp_min(0.0) * grad).sum(dim=1)  # (C,)
+    present = gts > 0
+    return per_class[present].mean() if bool(present.any()) else logits.sum() * 0.0
+
+
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up, then cosine decay to 1% of ``base_lr`` at ``total_steps``."""
     if step < warmup_steps:
@@ -150,7 +181,8 @@ class Trainer:
     "bf16" the forward pass runs under bfloat16 autocast (the loss and the weights stay float32): 1.4x
     faster steps on this machine's CPU, which has AMX and AVX512-BF16 (240 against 335 ms per step).
 
-    With a ``teacher`` (pruning's fine-tuning), the loss mixes the class-weighted cross-entropy with the
+    With ``config.lovasz`` > 0 the loss adds that weight times the Lovász-softmax loss, which trains for
+    IoU itself. With a ``teacher`` (pruning's fine-tuning), the loss mixes the class-weighted cross-entropy with the
     teacher's softened per-pixel distribution (knowledge distillation, Hinton et al. 2015):
     ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
     """
@@ -196,6 +228,8 @@ class Trainer:
         with self._autocast():
             logits = self.model(x).float()  # (B, C, H, W)
         loss = F.cross_entropy(logits, y, weight=self.weights, ignore_index=IGNORE)
+        if self.config.lovasz > 0:
+            loss = loss + self.config.lovasz * lovasz_softmax(logits, y)
         if self.teacher is not None and self.distill > 0:
             with torch.no_grad(), self._autocast():
                 soft = self.teacher(x).float()  # (B, C, H, W)
@@ -241,7 +275,8 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a training checkpoint (format {payload.get('format')!r})")
     saved = json.loads(payload["train_config"])
-    changed = {k for k, v in asdict(config).items() if saved.get(k) != v} - RESUMABLE_CHANGES
+    defaults = asdict(TrainConfig())  # a setting added after the checkpoint was written had its default then
+    changed = {k for k, v in asdict(config).items() if saved.get(k, defaults[k]) != v} - RESUMABLE_CHANGES
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
         raise ModelError(f"{path}: cannot resume with different settings ({diffs}); use another --out-dir")

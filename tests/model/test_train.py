@@ -15,7 +15,8 @@ import torch
 from bev_service.classes import CLASSES
 from bev_service.model.config import ModelConfig, TrainConfig
 from bev_service.model.data import ArraySource, FrameSet
-from bev_service.model.train import BatchSampler, Trainer, augment, class_weights, focus_ids, lr_at, train
+from bev_service.model.evaluate import IGNORE
+from bev_service.model.train import BatchSampler, Trainer, augment, class_weights, focus_ids, lovasz_softmax, lr_at, train
 from bev_service.model.weights import CLASS_NAMES, ModelError, load_model
 from tests.model.conftest import TINY_SIZE_HW, procedural_source
 
@@ -76,6 +77,20 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 20
     with pytest.raises(ModelError, match="at step 20, beyond --steps 10"):
         train(tiny_run(tmp_path, steps=10, eval_every=10, checkpoint_every=10, resume=True), source, val)
+
+
+def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    source, val = procedural_source(2, seed=1), procedural_source(1, seed=2)
+    train(tiny_run(tmp_path, steps=5, eval_every=5, checkpoint_every=5, prior_correction=False), source, val)
+    path = tmp_path / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    saved = json.loads(payload["train_config"])
+    del saved["lovasz"]  # as a checkpoint from before the Lovász term was written
+    torch.save({**payload, "train_config": json.dumps(saved)}, path)
+    train(tiny_run(tmp_path, steps=10, eval_every=5, checkpoint_every=5, prior_correction=False, resume=True), source, val)
+    assert torch.load(path, weights_only=True)["step"] == 10
+    with pytest.raises(ModelError, match=r"lovasz: 0\.0 -> 1\.0"):
+        train(tiny_run(tmp_path, steps=15, lovasz=1.0, prior_correction=False, resume=True), source, val)
 
 
 def test_the_batch_of_a_step_depends_only_on_seed_and_step() -> None:
@@ -159,3 +174,66 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
             return float((student.eval()(x).argmax(1) != teacher.eval()(x).argmax(1)).float().mean())
 
     assert disagreement(1.0) < disagreement(0.0)
+
+
+def _hard_logits(pred: torch.Tensor, num_classes: int = 8) -> torch.Tensor:
+    """Logits whose softmax is one-hot (to float precision) at ``pred`` (B, H, W)."""
+    return torch.nn.functional.one_hot(pred, num_classes).permute(0, 3, 1, 2).float() * 60.0
+
+
+def test_lovasz_softmax_of_hard_predictions_is_one_minus_their_iou() -> None:
+    # At 0/1 errors the Lovász extension equals the set function it extends: 1 - IoU, per class present in the target.
+    rng = np.random.default_rng(3)
+    target = torch.from_numpy(rng.integers(0, 5, size=(2, 24, 32)))
+    pred = torch.where(torch.from_numpy(rng.random((2, 24, 32)) < 0.3), torch.from_numpy(rng.integers(0, 8, (2, 24, 32))), target)
+    target[0, :4] = IGNORE  # ignored pixels count nowhere, whatever is predicted there
+    valid = target != IGNORE
+    ious = [
+        ((pred == c) & (target == c)).sum().item() / (((pred == c) | (target == c)) & valid).sum().item() for c in range(5)
+    ]
+    expected = 1.0 - float(np.mean(ious))
+    assert float(lovasz_softmax(_hard_logits(pred), target)) == pytest.approx(expected, abs=1e-5)
+    assert float(lovasz_softmax(_hard_logits(target.clamp(max=7)), target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lovasz_softmax_top_k_drops_only_the_smallest_errors() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 8, 16, 16) * 3, torch.randint(0, 8, (2, 16, 16))
+    full = lovasz_softmax(logits, target, top_k=10**9)
+    assert float(lovasz_softmax(logits, target, top_k=2 * 16 * 16)) == pytest.approx(float(full), abs=1e-6)
+    truncated = float(lovasz_softmax(logits, target, top_k=64))
+    assert 0.0 < truncated < float(full)  # the tail's errors are positive, so leaving them out lowers the loss
+
+
+def test_lovasz_softmax_gradient_descent_raises_the_iou_of_a_thin_class() -> None:
+    # A thin class (a one-pixel line) that cross-entropy-style averaging would drown: the loss's gradient finds it.
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, :, 16] = 1
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[:, 0] = 2.0  # everything predicted background
+    before = float(lovasz_softmax(logits, target))
+    logits.requires_grad_(True)
+    for _ in range(50):
+        loss = lovasz_softmax(logits, target)
+        (grad,) = torch.autograd.grad(loss, logits)
+        logits = (logits - 200.0 * grad).detach().requires_grad_(True)
+    logits = logits.detach()
+    pred = logits.argmax(1)
+    iou = ((pred == 1) & (target == 1)).sum() / ((pred == 1) | (target == 1)).sum()
+    assert float(lovasz_softmax(logits, target)) < 0.5 * before and float(iou) == 1.0
+
+
+def test_the_lovasz_term_enters_the_training_loss() -> None:
+    source = procedural_source(2, seed=1)
+    config = TrainConfig(batch_size=2, crop_height=0, crop_width=0, lr=0.0, warmup_steps=1, precision="fp32", focus=0.0)
+
+    def first_loss(lovasz: float) -> float:
+        torch.manual_seed(5)
+        model = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW, dropout=0.0).build()
+        trainer = Trainer(model, BatchSampler(source, 2, None, seed=0), torch.ones(8), replace(config, lovasz=lovasz), 1)
+        return trainer.step(0)
+
+    plain, with_lovasz = first_loss(0.0), first_loss(1.0)
+    assert 0.2 < with_lovasz - plain <= 1.0  # a Lovász loss lies in [0, 1]; an untrained network's is far from 0
+    with pytest.raises(ValueError, match="lovasz must be non-negative"):
+        TrainConfig(lovasz=-1.0)
