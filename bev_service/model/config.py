@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 DEFAULT_INPUT_SIZE_HW = (320, 480)  # the default rig's 960x640 cameras halved
 PRECISIONS = ("bf16", "fp32")
+# Training settings added after checkpoints were first written, with the value that applied before each existed:
+# a checkpoint without one resumes as it trained (its absence reads as this value, not as today's default).
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lovasz": 0.0, "focus_unit": "pixel"}
+FOCUS_UNITS = ("pixel", "object")
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -121,6 +125,7 @@ class TrainConfig:
     class_weight_c: float = 1.02  # ENet's class weighting 1 / ln(c + p_class) (Paszke et al., 2016, sec. 5.2)
     focus: float = 0.5  # share of crops centred on a pixel of a focus class (when the image has one)
     focus_classes: str = "pedestrian,static_obstacle"  # comma-separated class names; "" turns focusing off
+    focus_unit: str = "pixel"  # "pixel": focus crops centre on a random pixel of the class; "object": on a random object of it
     lovasz: float = 0.0  # weight of the Lovász-softmax loss (an IoU surrogate) added to the cross-entropy
     precision: str = "bf16"  # "bf16": autocast forward passes (oneDNN AMX / AVX512-BF16 on CPUs, tensor cores on GPUs); "fp32"
     prior_correction: bool = True  # fold validation-chosen logit offsets (-alpha log w, per class) into the head (model/prior.py)
@@ -148,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.focus <= 1.0:
             raise ValueError(f"focus must be in [0, 1], got {self.focus}")
+        if self.focus_unit not in FOCUS_UNITS:
+            raise ValueError(f"focus_unit must be one of {FOCUS_UNITS}, got {self.focus_unit!r}")
         if self.lovasz < 0:
             raise ValueError(f"lovasz must be non-negative, got {self.lovasz}")
         unknown = sorted(set(self.focus_class_names) - {c.name for c in CLASSES})
@@ -187,6 +194,7 @@ class PruneConfig:
     crop_width: int = 256
     focus: float = 0.5
     focus_classes: str = "pedestrian,static_obstacle"
+    focus_unit: str = "pixel"
     precision: str = "bf16"
     data: str = "synth"
     rig: str = "calibration/default_rig.yaml"
@@ -224,6 +232,7 @@ class PruneConfig:
             crop_width=self.crop_width,
             focus=self.focus,
             focus_classes=self.focus_classes,
+            focus_unit=self.focus_unit,
             lovasz=self.lovasz,
             precision=self.precision,
             seed=self.seed,

@@ -128,7 +128,9 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     def after_step(k: int) -> None:
         seed = config.seed * 1000 + k + 1
         crop = finetune.crop_size_hw
-        sampler = BatchSampler(train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids)
+        sampler = BatchSampler(
+            train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids, focus_unit=finetune.focus_unit
+        )
         last = k == config.iterative_steps - 1
         total = config.finetune_steps + (config.final_finetune_steps if last else 0)
         trainer = Trainer(

@@ -85,7 +85,7 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(
     path = tmp_path / "checkpoint.pt"
     payload = torch.load(path, weights_only=True)
     saved = json.loads(payload["train_config"])
-    del saved["lovasz"]  # as a checkpoint from before the Lovász term was written
+    del saved["lovasz"], saved["focus_unit"]  # as a checkpoint from before these settings were written
     torch.save({**payload, "train_config": json.dumps(saved)}, path)
     train(tiny_run(tmp_path, steps=10, eval_every=5, checkpoint_every=5, prior_correction=False, resume=True), source, val)
     assert torch.load(path, weights_only=True)["step"] == 10
@@ -138,6 +138,25 @@ def test_focus_crops_centre_on_rare_class_pixels() -> None:
     assert shown == [16, 16, 16, 16]  # every crop holds the pedestrian, even at the image border
     assert sum(int((uniform.batch(step)[1] == PEDESTRIAN).any(axis=(1, 2)).sum()) for step in range(4)) < 16
     np.testing.assert_array_equal(focused.batch(2)[1], focused.batch(2)[1])  # still a function of (seed, step)
+
+
+def test_object_focus_gives_a_small_object_as_many_crops_as_a_large_one() -> None:
+    labels = np.full((1, 128, 192), CLASSES[1].id, dtype=np.uint8)
+    labels[0, 10:70, 10:30] = PEDESTRIAN  # a near pedestrian, 1,200 pixels, in the top-left
+    labels[0, 110:112, 180:182] = PEDESTRIAN  # a far one, 4 pixels, in the bottom-right
+    source = ArraySource([FrameSet(images=np.zeros((1, 128, 192, 3), np.uint8), labels=labels)])
+
+    def far_share(unit: str) -> float:
+        sampler = BatchSampler(source, 50, (24, 32), seed=1, focus=1.0, focus_ids=(PEDESTRIAN,), focus_unit=unit)
+        crops = np.concatenate([sampler.batch(step)[1] for step in range(4)])  # (200, 24, 32)
+        near = (crops == PEDESTRIAN).sum(axis=(1, 2)) > 4  # a crop of the far one holds at most its 4 pixels
+        assert ((crops == PEDESTRIAN).any(axis=(1, 2))).all()  # every focus crop holds one of them
+        return float(1.0 - near.mean())
+
+    assert far_share("pixel") < 0.05  # 4 of 1,204 pixels
+    assert 0.35 < far_share("object") < 0.65
+    with pytest.raises(ValueError, match="focus_unit"):
+        TrainConfig(focus_unit="blob")
 
 
 def test_focus_settings_are_checked() -> None:
