@@ -207,9 +207,7 @@ def test_lovasz_softmax_of_hard_predictions_is_one_minus_their_iou() -> None:
     pred = torch.where(torch.from_numpy(rng.random((2, 24, 32)) < 0.3), torch.from_numpy(rng.integers(0, 8, (2, 24, 32))), target)
     target[0, :4] = IGNORE  # ignored pixels count nowhere, whatever is predicted there
     valid = target != IGNORE
-    ious = [
-        ((pred == c) & (target == c)).sum().item() / (((pred == c) | (target == c)) & valid).sum().item() for c in range(5)
-    ]
+    ious = [((pred == c) & (target == c)).sum().item() / (((pred == c) | (target == c)) & valid).sum().item() for c in range(5)]
     expected = 1.0 - float(np.mean(ious))
     assert float(lovasz_softmax(_hard_logits(pred), target)) == pytest.approx(expected, abs=1e-5)
     assert float(lovasz_softmax(_hard_logits(target.clamp(max=7)), target)) == pytest.approx(0.0, abs=1e-6)
