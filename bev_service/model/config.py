@@ -221,6 +221,7 @@ class PruneConfig:
             raise ValueError(
                 f"distill must be in [0, 1] and its temperature positive: {self.distill}, {self.distill_temperature}"
             )
+        self.finetune_config()  # the fine-tuning settings (focus, Lovász weight, precision) checked now, not after pruning
 
     def finetune_config(self) -> TrainConfig:
         return TrainConfig(

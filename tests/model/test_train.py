@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bev_service.classes import CLASSES
-from bev_service.model.config import ModelConfig, TrainConfig
+from bev_service.model.config import ModelConfig, PruneConfig, TrainConfig
 from bev_service.model.data import ArraySource, FrameSet
 from bev_service.model.evaluate import IGNORE
 from bev_service.model.train import BatchSampler, Trainer, augment, class_weights, focus_ids, lovasz_softmax, lr_at, train
@@ -79,7 +79,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
         train(tiny_run(tmp_path, steps=10, eval_every=10, checkpoint_every=10, resume=True), source, val)
 
 
-def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(tmp_path: Path) -> None:
+def test_a_checkpoint_written_before_a_setting_existed_resumes_with_the_value_it_trained_with(tmp_path: Path) -> None:
     source, val = procedural_source(2, seed=1), procedural_source(1, seed=2)
     train(tiny_run(tmp_path, steps=5, eval_every=5, checkpoint_every=5, prior_correction=False), source, val)
     path = tmp_path / "checkpoint.pt"
@@ -254,3 +254,7 @@ def test_the_lovasz_term_enters_the_training_loss() -> None:
     assert 0.2 < with_lovasz - plain <= 1.0  # a Lovász loss lies in [0, 1]; an untrained network's is far from 0
     with pytest.raises(ValueError, match="lovasz must be non-negative"):
         TrainConfig(lovasz=-1.0)
+    with pytest.raises(ValueError, match="lovasz must be non-negative"):
+        PruneConfig(lovasz=-1.0)  # at once, not after the pruning steps
+    with pytest.raises(ValueError, match="focus_unit"):
+        PruneConfig(focus_unit="blob")
