@@ -70,7 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/load.py
 
-# Trains, prunes, exports and evaluates the shipped network (issue 4; about 58 min on 2 idle cores:
+# Trains, prunes, exports, quantizes and evaluates the shipped network (issue 4; about 58 min on 2 idle cores:
 # models/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
 # comes from. --resume picks an interrupted run up where its last checkpoint left it.
 EVAL_DRIVE := $(BUILD)/eval-drive
@@ -80,6 +80,7 @@ train: $(STAMP)
 	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
 	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
 	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx
+	$(BIN)/bev quantize --model models/enet-pruned.onnx --out models/enet-pruned-int8.onnx --render-cache $(BUILD)/cache
 	$(MAKE) eval
 
 # The drive is rendered at the cameras' 960x640, as JPEGs: the networks see it through the pipeline's resize.
@@ -92,6 +93,7 @@ eval: $(STAMP)
 		$(BIN)/bev eval --model models/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json \
 		|| exit 1; \
 	done
+	$(BIN)/bev eval --model models/enet-pruned-int8.onnx --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet-pruned-int8.json
 
 # Builds the image on a local base, brings the compose demo up, checks the demo streamer's grids, tears down.
 docker-test:

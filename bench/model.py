@@ -6,14 +6,16 @@ Runtime, timed round-robin so that both meet the same load; image mIoU, and BEV 
 oracle (the warp of the true labels), on held-out synthetic frame sets.
 
 Models: ``--unpruned models/enet.pt --pruned models/enet-pruned.pt`` by default; ONNX graphs beside
-them (same name, ``.onnx``) are used when present, else exported to a temporary folder. With
+them (same name, ``.onnx``) are used when present, else exported to a temporary folder. The pruned
+network also runs as its int8 graph (``bev quantize``): the shipped ``enet-pruned-int8.onnx`` when it
+was quantized from the ``.onnx`` beside it, else quantized here on frames of the training data set. With
 ``--untrained`` (or when the shipped files are absent) both come from the default architecture,
 untrained, the pruned one by a one-step prune at ``--ratio``: sizes and speeds hold, mIoU does not
 (reported as null).
 
 Run: ``.venv/bin/python bench/model.py [--repeat N] [--quick] [--threads N]``. The last line printed is one JSON
-object: ``{"bench": "model", "macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup", ...}``
-(ratios unpruned / pruned and torch / ORT; the mIoU drop as a fraction).
+object: ``{"bench": "model", "macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup", "ort_int8_speedup", ...}``
+(ratios unpruned / pruned and torch / ORT, all on the CPU; the mIoU drop as a fraction).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bev_service.model.enet import ENet
 from bev_service.model.evaluate import evaluate
 from bev_service.model.export import export_onnx
 from bev_service.model.prune import prune_network
+from bev_service.model.quantize import quantize_onnx, quantized_from
 from bev_service.model.stats import count_params_macs
 from bev_service.model.synthdata import render_source
 from bev_service.projector import BevProjector
@@ -47,6 +50,7 @@ MODELS = REPO / "models"
 # A data set seed no training run, validation or prior correction saw (`bev train` trains on data set 0 and
 # validates and tunes the prior correction on 100000): the mIoU drop is measured on unseen frame sets.
 HELD_OUT_SEED = 300_000
+CALIBRATION_SEED = 0  # int8 calibration frames come from the training data set, as `bev quantize` takes them
 
 Pair = dict[str, tuple[ENet, ModelConfig, Path | None]]
 
@@ -77,25 +81,45 @@ def onnx_segmenter(
     return OnnxSegmenter(export_onnx(model, config, scratch / f"{name}.onnx"), threads=threads)
 
 
-def segmenters(pair: Pair, scratch: Path, with_onnx: bool, threads: int = 0) -> dict[str, Segmenter]:
+def int8_segmenter(float_graph: OnnxSegmenter, scratch: Path, calibration_frame_sets: int, threads: int) -> OnnxSegmenter:
+    shipped = float_graph.path.with_name(f"{float_graph.path.stem}-int8.onnx")
+    if shipped.is_file() and quantized_from(shipped, float_graph.path):
+        return OnnxSegmenter(shipped, threads=threads)
+    rig = load_rig(DEFAULT_RIG)
+    source = render_source(rig, count=calibration_frame_sets, seed=CALIBRATION_SEED, input_size_hw=float_graph.input_size_hw)
+    images = np.concatenate([source[i].images for i in range(len(source))])
+    where = f"synth data set {CALIBRATION_SEED}, frame sets 0-{calibration_frame_sets - 1}"
+    return OnnxSegmenter(
+        quantize_onnx(float_graph.path, scratch / "pruned-int8.onnx", images, calibration_data=where), threads=threads
+    )
+
+
+def segmenters(pair: Pair, scratch: Path, args: Any) -> dict[str, Segmenter]:
     out: dict[str, Segmenter] = {}
     for name, (model, config, weights) in pair.items():
         out[f"torch {name}"] = TorchSegmenter(model, config, device="cpu")
-        if with_onnx:
-            out[f"onnxruntime {name}"] = onnx_segmenter(model, config, weights, scratch, name, threads)
+        if not args.no_onnx:
+            out[f"onnxruntime {name}"] = onnx_segmenter(model, config, weights, scratch, name, args.threads)
+    if not args.no_onnx and not args.no_int8:
+        float_graph = out["onnxruntime pruned"]
+        assert isinstance(float_graph, OnnxSegmenter)
+        out["onnxruntime pruned int8"] = int8_segmenter(float_graph, scratch, args.calibration_frame_sets, args.threads)
     return out
 
 
-def quality(pair: Pair, frame_sets: int) -> dict[str, dict[str, Any]]:
-    """Image mIoU and BEV mIoU against the oracle of both models on held-out rendered frame sets."""
+def quality(segs: dict[str, Segmenter], frame_sets: int) -> dict[str, dict[str, Any]]:
+    """Image mIoU and BEV mIoU against the oracle on held-out rendered frame sets: both models on torch, and
+    the int8 graph (float ONNX Runtime gives torch's labels: tests/model/test_shipped.py)."""
     rig = load_rig(DEFAULT_RIG)
-    size = next(iter(pair.values()))[1].input_size_hw
+    size = segs["torch unpruned"].input_size_hw
     source = render_source(rig, count=frame_sets, seed=HELD_OUT_SEED, input_size_hw=size)
     projector = BevProjector(rig)
     out = {}
-    for name, (model, config, _) in pair.items():
-        report = evaluate(TorchSegmenter(model, config, device="cpu"), source, projector=projector).report()
-        out[name] = {"image_miou": report["image"]["miou"], "bev_vs_oracle_miou": report["bev_vs_oracle"]["miou"]}
+    for name in ("unpruned", "pruned", "pruned int8"):
+        seg = segs.get(f"torch {name}") or segs.get(f"onnxruntime {name}")
+        if seg is not None:
+            report = evaluate(seg, source, projector=projector).report()
+            out[name] = {"image_miou": report["image"]["miou"], "bev_vs_oracle_miou": report["bev_vs_oracle"]["miou"]}
     return out
 
 
@@ -104,8 +128,9 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
     size = pair["unpruned"][1].input_size_hw
     images = np.random.default_rng(0).integers(0, 256, size=(args.cameras, *size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as scratch:
-        segs = segmenters(pair, Path(scratch), with_onnx=not args.no_onnx, threads=args.threads)
+        segs = segmenters(pair, Path(scratch), args)
         timings = time_interleaved({k: (lambda s=s: s.segment(images)) for k, s in segs.items()}, repeat=args.repeat, warmup=2)
+        q = quality(segs, args.frame_sets) if trained else None
     median = {t.name: t.median_ms for t in timings}
     sizes = {k: count_params_macs(m, size) for k, (m, _, _) in pair.items()}
     figures: dict[str, Any] = {
@@ -117,10 +142,15 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
     if not args.no_onnx:
         figures["ort_speedup_unpruned"] = median["torch unpruned"] / median["onnxruntime unpruned"]
         figures["ort_cpu_speedup"] = median["onnxruntime unpruned"] / median["onnxruntime pruned"]
-    if trained:
-        q = quality(pair, args.frame_sets)
+    if "onnxruntime pruned int8" in median:
+        figures["ort_int8_speedup"] = median["torch pruned"] / median["onnxruntime pruned int8"]
+        figures["int8_speedup"] = median["onnxruntime pruned"] / median["onnxruntime pruned int8"]  # over the float graph
+        figures["int8_quantization"] = segs["onnxruntime pruned int8"].quantization  # type: ignore[attr-defined]
+    if q is not None:
         figures["miou_drop"] = q["unpruned"]["image_miou"] - q["pruned"]["image_miou"]
         figures["bev_miou_drop"] = q["unpruned"]["bev_vs_oracle_miou"] - q["pruned"]["bev_vs_oracle_miou"]
+        if "pruned int8" in q:
+            figures["int8_miou_drop"] = q["pruned"]["image_miou"] - q["pruned int8"]["image_miou"]  # against float
         figures["quality"] = q
     figures.update(
         trained=trained,
@@ -147,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=4, help="images per timed batch (one frame set)")
     parser.add_argument("--frame-sets", type=int, default=16, help="held-out frame sets for mIoU")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (no export)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the pruned network's int8 graph")
+    parser.add_argument("--calibration-frame-sets", type=int, default=8, help="when quantizing here: calibration frame sets")
     parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.repeat, args.frame_sets = min(args.repeat, 3), min(args.frame_sets, 2)
+        args.calibration_frame_sets = min(args.calibration_frame_sets, 1)
     timings, figures = measure(args)
     print(format_table(timings, reference=timings[0]))
     print(f"parameters {figures['params']}, GMACs per image {figures['gmacs_per_image']}, trained: {figures['trained']}")

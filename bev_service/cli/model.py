@@ -1,4 +1,4 @@
-"""``bev train``, ``bev eval``, ``bev prune``, ``bev export`` and ``bev infer``: the segmentation network's commands.
+"""``bev train``, ``eval``, ``prune``, ``export``, ``quantize`` and ``infer``: the segmentation network's commands.
 
 Training and pruning settings are dataclasses (``TrainConfig``, ``PruneConfig``); every field is a
 flag of the same name (``--crop-height 192``), so a checkpoint's stored config reads like its command.
@@ -40,6 +40,11 @@ PRUNE_DOC = (
 EXPORT_DOC = (
     "Export a model to ONNX with its input conversion and argmax head inside the graph (uint8 NHWC in, uint8 labels "
     "out, optionally the softmax maximum), and check that ONNX Runtime gives torch's labels."
+)
+QUANTIZE_DOC = (
+    "Quantize an exported ONNX graph to int8 for ONNX Runtime on CPU (static: int8 weights per channel, uint8 "
+    "activations with ranges calibrated on rendered training frames), then compare its labels with the float graph's "
+    "on held-out frames, overall and per class."
 )
 INFER_DOC = (
     "Run the in-process pipeline on one frame set: decode, resize, segment, warp onto the rig's BEV grid. Writes the "
@@ -100,6 +105,30 @@ def register(commands: Any) -> None:
     p.add_argument("--confidence", action="store_true", help="add the softmax-maximum output (confidence fusion)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="compare ONNX Runtime with torch")
     p.set_defaults(func=run_export)
+
+    p = commands.add_parser("quantize", help="int8 ONNX graph for ONNX Runtime on CPU", description=QUANTIZE_DOC)
+    p.add_argument("--model", required=True, type=Path, help="float ONNX graph from bev export")
+    p.add_argument("--out", required=True, type=Path, help="int8 ONNX file to write")
+    p.add_argument(
+        "--format",
+        default="qdq",
+        choices=("qdq", "qoperator"),
+        help="QuantizeLinear/DequantizeLinear pairs, or QLinear operators",
+    )
+    p.add_argument(
+        "--float-head", action=argparse.BooleanOptionalAction, default=True, help="keep the classifier convolution in float"
+    )
+    p.add_argument("--data", default="synth", help="'synth' (render frame sets) or a directory from bev synth")
+    p.add_argument("--rig", default="calibration/default_rig.yaml")
+    p.add_argument("--frame-sets", type=int, default=8, help="calibration frame sets (all their cameras' images)")
+    p.add_argument("--data-seed", type=int, default=0, help="data set seed of the calibration frame sets (the training set's)")
+    p.add_argument("--check-frame-sets", type=int, default=4, help="held-out frame sets the labels are compared on (0: none)")
+    p.add_argument("--val-seed", type=int, default=100_000, help="data set seed of those (rendered)")
+    p.add_argument(
+        "--min-agreement", type=float, default=0.99, help="fail when fewer labels than this agree with the float graph"
+    )
+    p.add_argument("--render-cache", default="", help="folder that keeps rendered data sets (as bev train's)")
+    p.set_defaults(func=run_quantize)
 
     p = commands.add_parser("infer", help="frames of one frame set to the BEV grid of class ids", description=INFER_DOC)
     p.add_argument("--rig", help="rig file (default: calibration/default_rig.yaml)")
@@ -185,6 +214,43 @@ def run_export(args: argparse.Namespace) -> int:
         print(json.dumps({"onnx": str(args.out), **dataclasses.asdict(check), "agreement": check.agreement}))
         if check.mismatched_clear:
             raise ModelError(f"{args.out}: ONNX Runtime disagrees with torch on {check.mismatched_clear} clear-cut pixels")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from bev_service.model.backends import OnnxSegmenter
+    from bev_service.model.quantize import check_quantized, quantize_onnx
+    from bev_service.model.synthdata import open_source
+    from bev_service.model.weights import ModelError
+
+    if args.frame_sets < 1 or args.check_frame_sets < 0:
+        raise FrameError(
+            f"--frame-sets must be at least 1 and --check-frame-sets not negative: {args.frame_sets}, {args.check_frame_sets}"
+        )
+    size = OnnxSegmenter(args.model, classes=None).input_size_hw
+    cache = args.render_cache or None
+
+    def images(count: int, seed: int) -> np.ndarray:
+        source = open_source(args.data, args.rig, size, count=count, seed=seed, cache_dir=cache)
+        return np.concatenate([source[i].images for i in range(min(count, len(source)))])  # (count * cameras, H, W, 3)
+
+    where = f"{args.data} data set {args.data_seed}, frame sets 0-{args.frame_sets - 1}"
+    quantize_onnx(
+        args.model,
+        args.out,
+        images(args.frame_sets, args.data_seed),
+        fmt=args.format,
+        calibration_data=where,
+        float_head=args.float_head,
+    )
+    if args.check_frame_sets:
+        check = check_quantized(args.model, args.out, images(args.check_frame_sets, args.val_seed))
+        print(json.dumps({"onnx": str(args.out), **dataclasses.asdict(check)}))
+        if check.agreement < args.min_agreement:
+            floor = f"--min-agreement {args.min_agreement}"
+            raise ModelError(f"{args.out}: only {check.agreement:.4f} of the labels agree with the float graph ({floor})")
     return 0
 
 

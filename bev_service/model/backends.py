@@ -33,6 +33,7 @@ from bev_service.model.weights import CLASS_NAMES, ModelError, check_classes, lo
 log = logging.getLogger(__name__)
 
 ONNX_CONFIG_KEY = "bev_model_config"  # ONNX metadata_props entry holding ModelConfig as JSON
+QUANT_KEY = "bev_quantization"  # ... and how an int8 graph was quantized, as JSON (model/quantize.py); absent when float
 DEFAULT_CLASSES = CLASS_NAMES
 
 
@@ -190,6 +191,8 @@ class OnnxSegmenter(Segmenter):
             raise ModelError(f"{source}: cannot load as an ONNX model, truncated or not ONNX ({exc})") from exc
         self.path = source
         self.config = self._read_config(source)
+        quantization = self._session.get_modelmeta().custom_metadata_map.get(QUANT_KEY)
+        self.quantization: dict[str, Any] | None = json.loads(quantization) if quantization else None
         if classes is not None:
             check_classes(source, self.config, classes)
         self._outputs = [o.name for o in self._session.get_outputs()]

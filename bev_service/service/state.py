@@ -7,7 +7,6 @@ has gone through the network.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from bev_service.errors import BevError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_label_png
 from bev_service.model.backends import Segmenter, load_segmenter
+from bev_service.model.quantize import file_sha256, quantized_from
 from bev_service.pipeline import BevPipeline
 from bev_service.service.engine import Engine
 from bev_service.service.metrics import Metrics
@@ -39,7 +39,7 @@ def encode_grid(grid: np.ndarray) -> bytes:
 
 
 def resolve_model(settings: Settings) -> tuple[Path, str]:
-    """The model file and backend that ``settings.backend`` means on this machine (see ``Settings.backend``)."""
+    """The model file and backend that ``settings.backend`` and ``settings.int8`` mean on this machine (see ``Settings``)."""
     model, backend = Path(settings.model), settings.backend
     if not model.is_file():
         raise ModelError(f"model file {model} does not exist (train one with `make train`, or set BEV_MODEL)")
@@ -50,16 +50,13 @@ def resolve_model(settings: Settings) -> tuple[Path, str]:
     if backend == "onnx":
         if not onnx.is_file():
             raise ModelError(f"the onnx backend needs {onnx} (write it with `bev export --model {model}`)")
+        int8 = onnx.with_name(f"{onnx.stem}-int8.onnx")
+        if model.suffix.lower() != ".onnx" and settings.int8 and int8.is_file():  # a named .onnx is served as named
+            if quantized_from(int8, onnx):
+                return int8, backend
+            log.warning("%s was not quantized from %s as it is now (run bev quantize); serving the float graph", int8, onnx)
         model = onnx
     return model, backend
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ServiceState:
@@ -98,6 +95,7 @@ class ServiceState:
                 "file": path.name,
                 "sha256": file_sha256(path),
                 "backend": self.segmenter.backend,
+                "quantization": getattr(self.segmenter, "quantization", None),  # how an int8 graph was made; None: float
                 "input_size_hw": list(self.segmenter.input_size_hw),
                 "config": self.segmenter.config.to_dict(),
             }

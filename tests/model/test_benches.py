@@ -30,6 +30,15 @@ def test_model_bench_compares_pruned_with_unpruned() -> None:
     assert figures["trained"] is False and figures["miou_drop"] is None and figures["input_size_hw"] == [64, 96]
 
 
+def test_model_bench_times_the_pruned_network_as_an_int8_graph_beside_its_float_graph() -> None:
+    args = ["--untrained", "--quick", "--width", "0.25", "--size", "96x64", "--ratio", "0.5", "--repeat", "2"]
+    text, figures = run(model_bench.main, args)
+    assert {"onnxruntime pruned", "onnxruntime pruned int8"} <= set(figures["latency_ms"]) and "pruned int8" in text
+    assert figures["ort_int8_speedup"] > 0 and figures["int8_speedup"] > 0
+    record = figures["int8_quantization"]  # quantized in the run: nothing shipped for an untrained network
+    assert record["calibration_data"] == "synth data set 0, frame sets 0-0" and record["calibration_images"] == 4
+
+
 def test_pipeline_bench_hands_back_only_the_grid() -> None:
     text, figures = run(pipeline_bench.main, ["--quick", "--backend", "torch", "--repeat", "2"])
     assert figures["bench"] == "pipeline" and figures["backend"] == "torch-cpu"
