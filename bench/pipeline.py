@@ -9,8 +9,10 @@ Runtime, the baseline is the same pipeline on ONNX Runtime's default session, wh
 between runs and take the cores from the JPEG decoding (``speedup_vs_spinning``).
 With a CUDA GPU, also the torch-CUDA latency and the throughput of batched frame sets.
 
-Model: ``--model`` (default: the shipped ``models/enet-pruned.onnx``, else ``.pt``); without a shipped
-model, the default architecture untrained and pruned in one step at ``--ratio`` (speed only).
+Model: ``--model``; by default the shipped pruned model as the service on a CPU picks it
+(``resolve_model``: ``models/enet-pruned-int8.onnx`` when it is current, else ``enet-pruned.onnx``, else
+the ``.pt``; ``--float`` skips the int8 graph); without a shipped model, the default architecture
+untrained and pruned in one step at ``--ratio`` (speed only).
 
 Run: ``.venv/bin/python bench/pipeline.py [--repeat N] [--quick] [--backend torch|onnx]``. The last
 line printed is one JSON object: ``{"bench": "pipeline", "median_ms", "p99_ms", "device_to_host_bytes", ...}``.
@@ -39,6 +41,8 @@ from bev_service.model.export import export_onnx
 from bev_service.model.prune import prune_network
 from bev_service.pipeline import DEFAULT_MODEL_PATH, DEFAULT_RIG_PATH, BevPipeline
 from bev_service.projector import BevProjector
+from bev_service.service.settings import Settings
+from bev_service.service.state import resolve_model
 from bev_service.synth import iter_frame_sets
 
 HELD_OUT_SEED = 100_000
@@ -53,9 +57,10 @@ def choose_segmenter(args: Any, scratch: Path) -> tuple[Segmenter, str]:
     """The segmenter to time and a note on where its model came from."""
     if args.model:
         return load_segmenter(args.model, backend=args.backend), str(args.model)
-    for shipped in (DEFAULT_MODEL_PATH.with_suffix(".onnx"), DEFAULT_MODEL_PATH):
-        if shipped.is_file() and not (args.backend == "torch" and shipped.suffix == ".onnx"):
-            return load_segmenter(shipped, backend=args.backend), str(shipped)
+    if DEFAULT_MODEL_PATH.is_file():
+        settings = Settings(model=DEFAULT_MODEL_PATH, backend=args.backend, device="cpu", int8=not args.float)
+        path, backend = resolve_model(settings)
+        return load_segmenter(path, backend=backend, device="cpu"), str(path)
     config = ModelConfig()
     torch.manual_seed(0)
     model = config.build().eval()
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__.splitlines()[0] if __doc__ else "pipeline bench", default_repeat=50)
     parser.add_argument("--model", help="model file (.pt or .onnx); default: the shipped pruned model")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    parser.add_argument("--float", action="store_true", help="the shipped float ONNX graph, not its int8 graph")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the untrained stand-in model")
     args = parser.parse_args(argv)
     if args.quick:

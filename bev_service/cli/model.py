@@ -116,7 +116,10 @@ def register(commands: Any) -> None:
         help="QuantizeLinear/DequantizeLinear pairs, or QLinear operators",
     )
     p.add_argument(
-        "--float-head", action=argparse.BooleanOptionalAction, default=True, help="keep the classifier convolution in float"
+        "--float-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the classifier convolution and its argmax in float",
     )
     p.add_argument("--data", default="synth", help="'synth' (render frame sets) or a directory from bev synth")
     p.add_argument("--rig", default="calibration/default_rig.yaml")

@@ -5,14 +5,16 @@ writes the same graph with int8 convolutions: weights int8 per output channel (s
 uint8 per tensor with ranges measured on calibration images (MinMax). ONNX Runtime then runs the
 convolutions as integer kernels (VNNI or AMX-INT8 where the CPU has them) and keeps the argmax head
 inside the graph as before. The input conversion (Cast, scale) stays float: it is one pass over the pixels.
+The classifier and its argmax stay float too (``float_head``): rounding the logits to 8 bits flips
+thin classes where two logits are close.
 
 The model config travels with the graph (``bev_model_config``, as in the float one), and a second
-metadata entry, ``bev_quantization``, says how it was quantized and on what, so that a model card or a
-benchmark can tell an int8 graph from a float one. Quantization is done once, offline: nothing here
-runs in the service.
+metadata entry, ``bev_quantization``, says how it was quantized, on what, and from which float graph
+(its SHA-256). Quantization is done once, offline; the service only reads that record
+(``quantized_from``) to serve an int8 graph while the float graph beside it is the one it came from.
 
 Measured for the shipped pruned network (models/README.md, BENCHMARKS.md): the labels of the int8
-graph agree with the float graph's on 99.7% of pixels, and drive image mIoU is unchanged at three digits.
+graph agree with the float graph's on 99.8% of pixels, and drive image mIoU is unchanged at three digits.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class QuantizeRecord:
     calibration: str  # "MinMax"
     calibration_images: int
     calibration_data: str  # where the images came from, e.g. "synth data set 0, frame sets 0-7"
-    float_head: bool  # the classifier convolution left in float
+    float_head: bool  # the classifier convolution and its argmax left in float
 
 
 def quantize_onnx(

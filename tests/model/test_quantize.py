@@ -1,5 +1,6 @@
-"""Static int8 quantization of exported graphs (``bev_service/model/quantize.py``, ``bev quantize``), on a tiny
-network trained for a few seconds on procedural frame sets so that its labels are not near-ties everywhere."""
+"""Static int8 quantization of exported graphs (``bev_service/model/quantize.py``, ``bev quantize``) and the
+service's choice of the int8 graph, on a tiny network trained for a few seconds on procedural frame sets so
+that its labels are not near-ties everywhere."""
 
 from __future__ import annotations
 
