@@ -39,7 +39,7 @@ from bev_service.model.enet import ENet
 from bev_service.model.evaluate import evaluate
 from bev_service.model.export import export_onnx
 from bev_service.model.prune import prune_network
-from bev_service.model.quantize import quantize_onnx, quantized_from
+from bev_service.model.quantize import int8_beside, quantize_onnx
 from bev_service.model.stats import count_params_macs
 from bev_service.model.synthdata import render_source
 from bev_service.projector import BevProjector
@@ -82,8 +82,8 @@ def onnx_segmenter(
 
 
 def int8_segmenter(float_graph: OnnxSegmenter, scratch: Path, calibration_frame_sets: int, threads: int) -> OnnxSegmenter:
-    shipped = float_graph.path.with_name(f"{float_graph.path.stem}-int8.onnx")
-    if shipped.is_file() and quantized_from(shipped, float_graph.path):
+    shipped = int8_beside(float_graph.path)
+    if shipped is not None:
         return OnnxSegmenter(shipped, threads=threads)
     rig = load_rig(DEFAULT_RIG)
     source = render_source(rig, count=calibration_frame_sets, seed=CALIBRATION_SEED, input_size_hw=float_graph.input_size_hw)

@@ -165,6 +165,19 @@ def quantized_from(int8_path: str | Path, float_path: str | Path) -> bool:
     return isinstance(record, dict) and record.get("source_sha256") == file_sha256(float_path)
 
 
+def int8_beside(float_path: str | Path) -> Path | None:
+    """The int8 graph ``bev quantize`` leaves beside a float graph (``<stem>-int8.onnx``, as ``make train`` names
+    it) when it is there and was quantized from that float graph as it is now; else None (a stale one is logged)."""
+    float_path = Path(float_path)
+    int8 = float_path.with_name(f"{float_path.stem}-int8.onnx")
+    if not int8.is_file():
+        return None
+    if quantized_from(int8, float_path):
+        return int8
+    log.warning("%s was not quantized from %s as it is now (run bev quantize); using the float graph", int8, float_path)
+    return None
+
+
 def _classifier_nodes(model: Any) -> list[str]:
     """Names of the class head (the convolution whose output an ArgMax reads) and of that ArgMax, for a float
     classifier: in QDQ form the quantizer would otherwise also round the logits to 8 bits for the ArgMax."""

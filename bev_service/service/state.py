@@ -21,7 +21,7 @@ from bev_service.errors import BevError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_label_png
 from bev_service.model.backends import Segmenter, load_segmenter
-from bev_service.model.quantize import file_sha256, quantized_from
+from bev_service.model.quantize import file_sha256, int8_beside
 from bev_service.pipeline import BevPipeline
 from bev_service.service.engine import Engine
 from bev_service.service.metrics import Metrics
@@ -50,12 +50,8 @@ def resolve_model(settings: Settings) -> tuple[Path, str]:
     if backend == "onnx":
         if not onnx.is_file():
             raise ModelError(f"the onnx backend needs {onnx} (write it with `bev export --model {model}`)")
-        int8 = onnx.with_name(f"{onnx.stem}-int8.onnx")
-        if model.suffix.lower() != ".onnx" and settings.int8 and int8.is_file():  # a named .onnx is served as named
-            if quantized_from(int8, onnx):
-                return int8, backend
-            log.warning("%s was not quantized from %s as it is now (run bev quantize); serving the float graph", int8, onnx)
-        model = onnx
+        int8 = int8_beside(onnx) if model.suffix.lower() != ".onnx" and settings.int8 else None  # a named .onnx as named
+        model = int8 or onnx
     return model, backend
 
 
