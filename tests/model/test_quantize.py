@@ -20,7 +20,7 @@ from bev_service.cli.main import main
 from bev_service.model.backends import ONNX_CONFIG_KEY, QUANT_KEY, OnnxSegmenter
 from bev_service.model.data import ArraySource
 from bev_service.model.export import export_onnx
-from bev_service.model.quantize import check_quantized, quantize_onnx
+from bev_service.model.quantize import _pixels_as_quantized, check_quantized, quantize_onnx
 from bev_service.model.train import BatchSampler, Trainer
 from bev_service.model.weights import ModelError, save_model
 from bev_service.service.settings import Settings
@@ -73,6 +73,59 @@ def test_convolutions_run_in_int8_and_the_classifier_stays_float(int8: Path) -> 
     assert numpy_helper.to_array(initializers[head.input[1]]).dtype == np.float32  # logits are not rounded to 8 bits
 
 
+def test_the_pixels_feed_the_first_integer_convolution_unconverted(int8: Path) -> None:
+    graph = onnx.load(str(int8)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    # The one Cast left turns the labels to uint8.
+    assert ops["Div"] == 0 and ops["Cast"] == 1, "the input is still converted to float and back"
+    transpose = next(n for n in graph.node if graph.input[0].name in n.input)
+    readers = [n for n in graph.node if transpose.output[0] in n.input]
+    assert [n.op_type for n in readers] in (["DequantizeLinear"], ["QLinearConv"])
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    scale, zero_point = initializers[readers[0].input[1]], initializers[readers[0].input[2]]
+    assert scale == np.float32(1 / 255) and zero_point == 0 and zero_point.dtype == np.uint8
+
+
+def test_feeding_the_pixels_is_exact_where_the_calibrated_input_range_was_narrower() -> None:
+    """A graph that quantizes the input at a range calibrated on dim images (scale 0.5/255, zero point 3) clips
+    and rounds bright pixels; fed the pixels directly, it reads every value exactly."""
+    from onnx import TensorProto, helper
+
+    def tensor(name: str, dtype: int, shape: list[int]) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    nodes = [
+        helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["as_float", "k255"], ["unit"]),
+        helper.make_node("QuantizeLinear", ["unit", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["out"]),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array(255.0, dtype=np.float32), "k255"),
+        numpy_helper.from_array(np.array(0.5 / 255, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.array(3, dtype=np.uint8), "z"),
+    ]
+    inputs, outputs = [tensor("images", TensorProto.UINT8, [1, 2, 128, 3])], [tensor("out", TensorProto.FLOAT, [1, 3, 2, 128])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # what bev export writes
+    pixels = np.arange(256 * 3, dtype=np.uint16).reshape(1, 2, 128, 3).astype(np.uint8)  # every value, in every channel
+    want = pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
+
+    def run(proto: onnx.ModelProto) -> np.ndarray:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"images": pixels})[0])
+
+    assert np.abs(run(model) - want).max() > 0.4  # the calibrated range clips the bright half
+    assert _pixels_as_quantized(model)
+    assert [n.op_type for n in model.graph.node] == ["Transpose", "DequantizeLinear"]
+    assert {t.name for t in model.graph.initializer} == {"images_pixel_scale", "images_pixel_zero_point"}
+    np.testing.assert_allclose(run(model), want, rtol=0, atol=1e-7)
+    assert not _pixels_as_quantized(model)  # nothing left to rewrite: the graph stays as it is
+
+
 def test_the_int8_graph_carries_the_config_and_how_it_was_quantized(int8: Path, trained: Path) -> None:
     meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
     float_meta = {p.key: p.value for p in onnx.load(str(trained)).metadata_props}
@@ -80,6 +133,7 @@ def test_the_int8_graph_carries_the_config_and_how_it_was_quantized(int8: Path, 
     record = json.loads(meta[QUANT_KEY])
     assert record["calibration_images"] == 8 and record["calibration_data"] == "procedural"
     assert record["format"] in int8.name and record["float_head"] is True and record["source"] == "tiny.onnx"
+    assert record["pixels_as_input"] is True
     assert OnnxSegmenter(int8).quantization == record and OnnxSegmenter(trained).quantization is None
 
 
