@@ -119,6 +119,11 @@ def test_feeding_the_pixels_is_exact_where_the_calibrated_input_range_was_narrow
         return np.asarray(session.run(None, {"images": pixels})[0])
 
     assert np.abs(run(model) - want).max() > 0.4  # the calibrated range clips the bright half
+    signed = onnx.ModelProto()
+    signed.CopyFrom(model)
+    signed.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), "z"))
+    assert not _pixels_as_quantized(signed)  # int8 activations cannot read uint8 pixels: left as they are
+    assert [n.op_type for n in signed.graph.node] == ["Transpose", "Cast", "Div", "QuantizeLinear", "DequantizeLinear"]
     assert _pixels_as_quantized(model)
     assert [n.op_type for n in model.graph.node] == ["Transpose", "DequantizeLinear"]
     assert {t.name for t in model.graph.initializer} == {"images_pixel_scale", "images_pixel_zero_point"}
