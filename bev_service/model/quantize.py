@@ -209,13 +209,18 @@ def _pixels_as_quantized(model: Any) -> bool:
     cast = only_reader(transpose.output[0], "Cast") if transpose is not None else None
     div = only_reader(cast.output[0], "Div") if cast is not None else None
     quant = only_reader(div.output[0], "QuantizeLinear") if div is not None else None
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    divisor = constants.get(div.input[1]) if div is not None else None
+    constants = {init.name: init for init in graph.initializer}
+
+    def constant(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(constants[name]) if name in constants else None
+
+    divisor = constant(div.input[1]) if div is not None else None
     if transpose is None or cast is None or quant is None or divisor is None or divisor.size != 1 or float(divisor) != 255.0:
         log.warning("input is not Transpose -> Cast -> Div(255) -> QuantizeLinear; left as it is")
         return False
-    if len(quant.input) > 2 and constants[quant.input[2]].dtype != np.uint8:
-        log.warning("input quantized to %s, not uint8; left as it is", constants[quant.input[2]].dtype)
+    quant_zero_point = constant(quant.input[2]) if len(quant.input) > 2 else None  # absent: uint8 zero
+    if quant_zero_point is not None and quant_zero_point.dtype != np.uint8:
+        log.warning("input quantized to %s, not uint8; left as it is", quant_zero_point.dtype)
         return False
     scale, zero_point = f"{graph.input[0].name}_pixel_scale", f"{graph.input[0].name}_pixel_zero_point"
     graph.initializer.extend(
@@ -231,8 +236,6 @@ def _pixels_as_quantized(model: Any) -> bool:
         inputs = [renamed.get(name, name) for name in node.input]
         del node.input[:]
         node.input.extend(inputs)
-        if len(quant.input) <= 2 and len(node.input) == 2:  # a DequantizeLinear that relied on the default zero point
-            node.input.append(zero_point)
     for node in (cast, div, quant):
         graph.node.remove(node)
     used = {name for node in graph.node for name in node.input}
