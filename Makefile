@@ -5,14 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 REAL_DATA ?= ../shared/data/real
 BUILD ?= build
+# The shipped default rig and networks: package data, so that an installed bev finds them from anywhere.
+SHIPPED := bev_service/shipped
+MODELS := $(SHIPPED)/models
 
 .PHONY: setup browser test lint typecheck pytest run demo-offline bench train eval docker-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch==2.13.0 resolves to the local CPU wheel on the project machines (pip's find-links).
-	$(BIN)/pip install --quiet -e '.[test]'
+	# The torch extra (torch backend, training, export): torch==2.13.0 resolves to the local CPU wheel on the
+	# project machines (pip's find-links). Serving alone needs neither: pip install . (ONNX Runtime).
+	$(BIN)/pip install --quiet -e '.[torch,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -50,11 +54,11 @@ DEMO := $(BUILD)/demo
 demo-offline: $(STAMP)
 	@mkdir -p $(DEMO)
 	$(BIN)/bev synth --count 1 --seed 1 --out $(DEMO)/synth
-	$(BIN)/bev project --rig calibration/default_rig.yaml --out $(DEMO)/synth-bev.png \
+	$(BIN)/bev project --rig $(SHIPPED)/default_rig.yaml --out $(DEMO)/synth-bev.png \
 		$(foreach c,front left rear right,$(c)=$(DEMO)/synth/000000/$(c).jpg)
-	$(BIN)/bev project --rig calibration/default_rig.yaml --labels --out $(DEMO)/synth-bev-labels.png \
+	$(BIN)/bev project --rig $(SHIPPED)/default_rig.yaml --labels --out $(DEMO)/synth-bev-labels.png \
 		$(foreach c,front left rear right,$(c)=$(DEMO)/synth/000000/$(c)_labels.png)
-	$(BIN)/bev calib check --rig calibration/default_rig.yaml --out $(DEMO)/coverage.png
+	$(BIN)/bev calib check --rig $(SHIPPED)/default_rig.yaml --out $(DEMO)/coverage.png
 	@if [ -d $(REAL_DATA)/surround-view-4fisheye ]; then \
 		$(BIN)/bev calib import surround-view-yaml $(REAL_DATA)/surround-view-4fisheye --out $(DEMO)/surround-view.yaml && \
 		$(BIN)/bev project --rig $(DEMO)/surround-view.yaml --out $(DEMO)/surround-view-bev.png \
@@ -63,24 +67,24 @@ demo-offline: $(STAMP)
 	@echo "demo outputs in $(DEMO)/: synth-bev.png (surround view), synth-bev-labels.png (class ids), coverage.png, surround-view-bev.png"
 
 bench: $(STAMP)
-	$(BIN)/python bench/warp.py
-	$(BIN)/python bench/synth.py
-	$(BIN)/python bench/model.py
-	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/service.py
-	$(BIN)/python bench/load.py
+	$(BIN)/python -m bench.warp
+	$(BIN)/python -m bench.synth
+	$(BIN)/python -m bench.model
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.load
 
 # Trains, prunes, exports, quantizes and evaluates the shipped network (issue 4; about 58 min on 2 idle cores:
-# models/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
+# $(MODELS)/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
 # comes from. --resume picks an interrupted run up where its last checkpoint left it.
 EVAL_DRIVE := $(BUILD)/eval-drive
 train: $(STAMP)
-	$(BIN)/bev train --out-dir $(BUILD)/train --steps 8000 --seed 0 --threads 2 --render-cache $(BUILD)/cache --resume
-	$(BIN)/bev prune --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --ratio 0.4 --distill 0 --final-finetune-steps 3000 --threads 2 --render-cache $(BUILD)/cache
-	cp $(BUILD)/train/model.pt models/enet.pt && cp $(BUILD)/prune/model.pt models/enet-pruned.pt
-	$(BIN)/bev export --model models/enet.pt --out models/enet.onnx
-	$(BIN)/bev export --model models/enet-pruned.pt --out models/enet-pruned.onnx
-	$(BIN)/bev quantize --model models/enet-pruned.onnx --out models/enet-pruned-int8.onnx --render-cache $(BUILD)/cache
+	$(BIN)/bev train --recipe bev_service/training/recipes/shipped.json --out-dir $(BUILD)/train --threads 2 --render-cache $(BUILD)/cache --resume
+	$(BIN)/bev prune --recipe bev_service/training/recipes/shipped.json --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --threads 2 --render-cache $(BUILD)/cache
+	cp $(BUILD)/train/model.pt $(MODELS)/enet.pt && cp $(BUILD)/prune/model.pt $(MODELS)/enet-pruned.pt
+	$(BIN)/bev export --model $(MODELS)/enet.pt --out $(MODELS)/enet.onnx
+	$(BIN)/bev export --model $(MODELS)/enet-pruned.pt --out $(MODELS)/enet-pruned.onnx
+	$(BIN)/bev quantize --model $(MODELS)/enet-pruned.onnx --out $(MODELS)/enet-pruned-int8.onnx --render-cache $(BUILD)/cache
 	$(MAKE) eval
 
 # The drive is rendered at the cameras' 960x640, as JPEGs: the networks see it through the pipeline's resize.
@@ -89,11 +93,11 @@ eval: $(STAMP)
 	rm -rf $(EVAL_DRIVE)
 	$(BIN)/bev synth --drive --frames 24 --speed-mps 8 --fps 2 --seed 200000 --out $(EVAL_DRIVE) --no-progress
 	for m in enet enet-pruned; do \
-		$(BIN)/bev eval --model models/$$m.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-$$m.json && \
-		$(BIN)/bev eval --model models/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json \
+		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-$$m.json && \
+		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json \
 		|| exit 1; \
 	done
-	$(BIN)/bev eval --model models/enet-pruned-int8.onnx --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet-pruned-int8.json
+	$(BIN)/bev eval --model $(MODELS)/enet-pruned-int8.onnx --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet-pruned-int8.json
 
 # Builds the image on a local base, brings the compose demo up, checks the demo streamer's grids, tears down.
 docker-test:

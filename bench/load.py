@@ -18,8 +18,10 @@ Memory: the server process's RSS (psutil) when the warm-up ends and when the run
 ``rss_growth`` = end / start - 1. The server's own rejection counter (``/metrics``) is read back to check
 the 503 count.
 
-Run: ``.venv/bin/python bench/load.py [--duration S] [--clients N] [--quick]``. The last line printed is
-one JSON object: ``{"bench": "load", "errors", "rss_growth", "p99_ms", "ok", "declared_503", ...}``.
+Run from the repository root: ``.venv/bin/python -m bench.load [--duration S] [--clients N] [--quick]``. This
+bench has no baseline method; its one ratio is the server's memory at the end over that after the warm-up,
+both in the same run (``rss_growth``). The last line printed is one JSON object:
+``{"bench": "load", "errors", "rss_growth", "p99_ms", "ok", "declared_503", ...}``.
 """
 
 from __future__ import annotations
@@ -35,15 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# run as a script (`python bench/load.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
 import httpx
 import numpy as np
 import psutil
 from websockets.exceptions import WebSocketException
 
-from bench._common import json_line, machine
+from bench.common import json_line, machine
 from bench.service import (
     FrameSet,
     ServerProcess,
@@ -56,7 +55,7 @@ from bench.service import (
 )
 from bev_service.calib.rigfile import load_rig
 from bev_service.client import ServiceError, decode_grid_png
-from bev_service.pipeline import DEFAULT_RIG_PATH
+from bev_service.shipped import DEFAULT_RIG
 
 GOAL_RSS_GROWTH = 0.10
 FORMATS = ("json", "png", "raw")
@@ -254,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.stream_clients = min(args.clients, 3), min(args.stream_clients, 1)
         args.frame_sets, args.scale = min(args.frame_sets, 2), min(args.scale, 0.25)
     env = {"BEV_QUEUE_SIZE": str(args.queue_size)} if args.queue_size else {}
-    rig = load_rig(DEFAULT_RIG_PATH)
+    rig = load_rig(DEFAULT_RIG)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as scratch:
         model_path, backend, note = choose_model(args, Path(scratch))
         with running_server(model_path, backend, Path(scratch), env=env) as server:

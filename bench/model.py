@@ -13,8 +13,10 @@ was quantized from the ``.onnx`` beside it, else quantized here on frames of the
 untrained, the pruned one by a one-step prune at ``--ratio``: sizes and speeds hold, mIoU does not
 (reported as null).
 
-Run: ``.venv/bin/python bench/model.py [--repeat N] [--quick] [--threads N]``. The last line printed is one JSON
-object: ``{"bench": "model", "macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup", "ort_int8_speedup", ...}``
+Run from the repository root: ``.venv/bin/python -m bench.model [--repeat N] [--quick] [--threads N]``. It prints
+the ratios against the baselines (the unpruned network, PyTorch eager) measured in the same run, interleaved;
+the last line printed is one JSON object:
+``{"bench": "model", "macs_ratio", "cpu_speedup", "miou_drop", "ort_speedup", "ort_int8_speedup", ...}``
 (ratios unpruned / pruned and torch / ORT, all on the CPU; the mIoU drop as a fraction).
 """
 
@@ -25,28 +27,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# run as a script (`python bench/model.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from bench._common import Timing, bench_parser, format_table, json_line, machine, time_interleaved
+from bench.common import Timing, bench_parser, format_table, json_line, machine, time_interleaved
 from bev_service.calib.rigfile import load_rig
-from bev_service.model.backends import OnnxSegmenter, Segmenter, TorchSegmenter
-from bev_service.model.config import ModelConfig
-from bev_service.model.enet import ENet
-from bev_service.model.evaluate import evaluate
-from bev_service.model.export import export_onnx
-from bev_service.model.prune import prune_network
-from bev_service.model.quantize import int8_beside, quantize_onnx
-from bev_service.model.stats import count_params_macs
-from bev_service.model.synthdata import render_source
-from bev_service.projector import BevProjector
+from bev_service.geometry.projector import BevProjector
+from bev_service.runtime.enet import ENet
+from bev_service.runtime.int8 import int8_beside
+from bev_service.runtime.model_config import ModelConfig
+from bev_service.runtime.onnx_backend import OnnxSegmenter
+from bev_service.runtime.segmenter import Segmenter
+from bev_service.runtime.torch_backend import TorchSegmenter
+from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL, UNPRUNED_MODEL
+from bev_service.training.evaluate import evaluate
+from bev_service.training.export import export_onnx
+from bev_service.training.prune import prune_network
+from bev_service.training.quantize import quantize_onnx
+from bev_service.training.stats import count_params_macs
+from bev_service.training.synthdata import render_source
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RIG = REPO / "calibration" / "default_rig.yaml"
-MODELS = REPO / "models"
 # A data set seed no training run, validation or prior correction saw (`bev train` trains on data set 0 and
 # validates and tunes the prior correction on 100000): the mIoU drop is measured on unseen frame sets.
 HELD_OUT_SEED = 300_000
@@ -57,7 +58,7 @@ Pair = dict[str, tuple[ENet, ModelConfig, Path | None]]
 
 def load_pair(args: Any) -> tuple[Pair, bool]:
     """The unpruned and pruned models (and their weight files), and whether they are trained."""
-    from bev_service.model.weights import load_model
+    from bev_service.runtime.weights import load_model
 
     paths = {"unpruned": Path(args.unpruned), "pruned": Path(args.pruned)}
     if not args.untrained and all(p.is_file() for p in paths.values()):
@@ -168,8 +169,8 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__.splitlines()[0] if __doc__ else "model bench", default_repeat=20)
-    parser.add_argument("--unpruned", default=str(MODELS / "enet.pt"))
-    parser.add_argument("--pruned", default=str(MODELS / "enet-pruned.pt"))
+    parser.add_argument("--unpruned", default=str(UNPRUNED_MODEL))
+    parser.add_argument("--pruned", default=str(PRUNED_MODEL))
     parser.add_argument("--untrained", action="store_true", help="untrained default architecture, pruned in one step")
     parser.add_argument("--ratio", type=float, default=0.4, help="pruning ratio with --untrained")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier with --untrained")

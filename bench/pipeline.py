@@ -14,8 +14,10 @@ Model: ``--model``; by default the shipped pruned model as the service on a CPU 
 the ``.pt``; ``--float`` skips the int8 graph); without a shipped model, the default architecture
 untrained and pruned in one step at ``--ratio`` (speed only).
 
-Run: ``.venv/bin/python bench/pipeline.py [--repeat N] [--quick] [--backend torch|onnx]``. The last
-line printed is one JSON object: ``{"bench": "pipeline", "median_ms", "p99_ms", "device_to_host_bytes", ...}``.
+Run from the repository root: ``.venv/bin/python -m bench.pipeline [--repeat N] [--quick] [--backend torch|onnx]``.
+With ONNX Runtime it prints the ratio against the spinning-threads baseline measured in the same run
+(``speedup_vs_spinning``); the last line printed is one JSON object:
+``{"bench": "pipeline", "median_ms", "p99_ms", "device_to_host_bytes", ...}``.
 """
 
 from __future__ import annotations
@@ -25,25 +27,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# run as a script (`python bench/pipeline.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from bench._common import Timing, bench_parser, format_table, json_line, machine, time_call
+from bench.common import Timing, bench_parser, format_table, json_line, machine, time_call
 from bev_service.calib.rigfile import load_rig
+from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.model.backends import OnnxSegmenter, Segmenter, TorchSegmenter, load_segmenter
-from bev_service.model.config import ModelConfig
-from bev_service.model.data import resize_images
-from bev_service.model.export import export_onnx
-from bev_service.model.prune import prune_network
-from bev_service.pipeline import DEFAULT_MODEL_PATH, DEFAULT_RIG_PATH, BevPipeline
-from bev_service.projector import BevProjector
+from bev_service.runtime.model_config import ModelConfig
+from bev_service.runtime.onnx_backend import OnnxSegmenter
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.resize import resize_images
+from bev_service.runtime.segmenter import Segmenter, load_segmenter
+from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.service.settings import Settings
 from bev_service.service.state import resolve_model
+from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 from bev_service.synth import iter_frame_sets
+from bev_service.training.export import export_onnx
+from bev_service.training.prune import prune_network
 
 HELD_OUT_SEED = 100_000
 
@@ -57,8 +59,8 @@ def choose_segmenter(args: Any, scratch: Path) -> tuple[Segmenter, str]:
     """The segmenter to time and a note on where its model came from."""
     if args.model:
         return load_segmenter(args.model, backend=args.backend), str(args.model)
-    if DEFAULT_MODEL_PATH.is_file():
-        settings = Settings(model=DEFAULT_MODEL_PATH, backend=args.backend, device="cpu", int8=not args.float)
+    if PRUNED_MODEL.is_file():
+        settings = Settings(model=PRUNED_MODEL, backend=args.backend, device="cpu", int8=not args.float)
         path, backend = resolve_model(settings)
         return load_segmenter(path, backend=backend, device="cpu"), str(path)
     config = ModelConfig()
@@ -109,9 +111,9 @@ def measure_cuda(rig: Rig, args: Any, frames: list[dict[str, bytes]], projector:
     import cv2
 
     config = ModelConfig()
-    source = Path(args.model) if args.model else DEFAULT_MODEL_PATH
+    source = Path(args.model) if args.model else PRUNED_MODEL
     if source.suffix == ".pt" and source.is_file():
-        from bev_service.model.weights import load_model
+        from bev_service.runtime.weights import load_model
 
         loaded = load_model(source)
         model, config = loaded.model, loaded.config
@@ -133,7 +135,7 @@ def measure_cuda(rig: Rig, args: Any, frames: list[dict[str, bytes]], projector:
 
 
 def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
-    rig = load_rig(DEFAULT_RIG_PATH)
+    rig = load_rig(DEFAULT_RIG)
     frames = frame_sets(rig, 1 if args.quick else 4)
     projector = BevProjector(rig)
     baseline = None

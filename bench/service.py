@@ -27,8 +27,10 @@ Model: ``--model``, else the shipped ``models/enet-pruned.pt`` (ONNX Runtime on 
 it exists and there is no CUDA, as ``bev serve`` chooses; ``--backend`` insists on one), else an untrained
 stand-in written to a temporary file (the output says so; speed only).
 
-Run: ``.venv/bin/python bench/service.py [--repeat N] [--quick] [--backend auto|torch|onnx] [--model PATH]``.
-The last line printed is one JSON object: ``{"bench": "service", "rest_overhead", "ws_overhead", ...}``.
+Run from the repository root: ``.venv/bin/python -m bench.service [--repeat N] [--quick] [--backend auto|torch|onnx]
+[--model PATH]``. It prints the ratios against the in-process baseline measured in the same run
+(``rest_overhead``, ``ws_overhead``); the last line printed is one JSON object:
+``{"bench": "service", "rest_overhead", "ws_overhead", ...}``.
 """
 
 from __future__ import annotations
@@ -46,9 +48,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-# run as a script (`python bench/service.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
 import cv2
 import httpx
 import msgpack
@@ -56,14 +55,15 @@ import numpy as np
 import torch
 from websockets.sync.client import ClientConnection, connect
 
-from bench._common import Timing, bench_parser, format_table, json_line, machine, time_interleaved
+from bench.common import Timing, bench_parser, format_table, json_line, machine, time_interleaved
 from bev_service.calib.rigfile import load_rig
 from bev_service.client import BevClient, decode_grid_png
 from bev_service.geometry.rig import Rig
-from bev_service.model.backends import load_segmenter
-from bev_service.pipeline import DEFAULT_MODEL_PATH, DEFAULT_RIG_PATH, BevPipeline
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.segmenter import load_segmenter
 from bev_service.service.settings import Settings
 from bev_service.service.state import encode_grid, resolve_model
+from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 from bev_service.synth import iter_frame_sets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,9 +86,9 @@ def standin_model(scratch: Path, *, quick: bool, ratio: float) -> tuple[Path, st
     """An untrained model written as ``.pt`` with its ``.onnx`` beside it (as the shipped model is):
     the default architecture pruned at ``ratio`` (the shipped model's cost), or with ``quick`` a tiny
     one that only exercises the plumbing."""
-    from bev_service.model.config import ModelConfig
-    from bev_service.model.export import export_onnx
-    from bev_service.model.weights import save_model
+    from bev_service.runtime.model_config import ModelConfig
+    from bev_service.runtime.weights import save_model
+    from bev_service.training.export import export_onnx
 
     torch.manual_seed(0)
     if quick:
@@ -96,7 +96,7 @@ def standin_model(scratch: Path, *, quick: bool, ratio: float) -> tuple[Path, st
         model = config.build().eval()
         note = f"untrained tiny stand-in (width 0.25, input {TINY_INPUT_HW}; no shipped model; plumbing only)"
     else:
-        from bev_service.model.prune import prune_network
+        from bev_service.training.prune import prune_network
 
         config = ModelConfig()
         model = config.build().eval()
@@ -113,8 +113,8 @@ def choose_model(args: Any, scratch: Path) -> tuple[Path, str, str]:
     """(model file, backend, note): the file and backend ``bev serve --model M --backend B`` resolves to."""
     if args.model:
         source, note = Path(args.model), str(args.model)
-    elif DEFAULT_MODEL_PATH.is_file():
-        source, note = DEFAULT_MODEL_PATH, f"shipped {DEFAULT_MODEL_PATH.relative_to(REPO)}"
+    elif PRUNED_MODEL.is_file():
+        source, note = PRUNED_MODEL, f"shipped {PRUNED_MODEL.relative_to(REPO)}"
     else:
         source, note = standin_model(scratch, quick=args.quick, ratio=args.ratio)
     path, backend = resolve_model(Settings(model=source, backend=args.backend, device=None))
@@ -143,7 +143,7 @@ class ServerProcess:
     that the run depends only on the arguments; ``env`` adds settings (``{"BEV_QUEUE_SIZE": "4"}``)."""
 
     def __init__(
-        self, model: Path, backend: str, scratch: Path, *, rig: Path = DEFAULT_RIG_PATH, env: dict[str, str] | None = None
+        self, model: Path, backend: str, scratch: Path, *, rig: Path = DEFAULT_RIG, env: dict[str, str] | None = None
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -266,40 +266,36 @@ def check_grids(pipeline: BevPipeline, client: BevClient, ws: ClientConnection, 
     return {"cells_agree": worst}
 
 
-def measure(args: Any, scratch: Path) -> tuple[list[Timing], dict[str, Any]]:
-    rig = load_rig(DEFAULT_RIG_PATH)
-    model_path, backend, note = choose_model(args, scratch)
-    # The server loads while the frames render and the in-process pipeline is built (both take seconds).
-    with running_server(model_path, backend, scratch) as server, ExitStack() as stack:
-        frames = frame_sets(rig, args.frame_sets, args.scale)
-        segmenter = load_segmenter(model_path, backend=backend)  # as ServiceState loads it (no device: the default)
-        pipeline = BevPipeline(rig, segmenter, encoder=encode_grid, max_pixels=SERVER_MAX_IMAGE_PIXELS)
-        stack.callback(pipeline.close)
-        server.wait_ready()
-        client = stack.enter_context(rest_client(server))
-        ws = stack.enter_context(stream_connect(server))
-        server_ms: list[float] = []
-        stream_errors: list[str] = []
+def time_methods(
+    pipeline: BevPipeline, client: BevClient, ws: ClientConnection, frames: list[FrameSet], args: Any
+) -> tuple[list[Timing], list[float]]:
+    """In process, REST JSON, REST PNG and the stream, interleaved call by call; also the pipeline's own
+    time the server reported in each REST JSON reply (its ``timing_ms`` total)."""
+    server_ms: list[float] = []
+    stream_errors: list[str] = []
 
-        def stream_one(i: int, fs: FrameSet) -> None:
-            reply = stream_round_trip(ws, i, fs)
-            if "grid" not in reply:
-                stream_errors.append(str(reply.get("error")))
+    def stream_one(i: int, fs: FrameSet) -> None:
+        reply = stream_round_trip(ws, i, fs)
+        if "grid" not in reply:
+            stream_errors.append(str(reply.get("error")))
 
-        calls = {
-            f"in-process {segmenter.backend}": cycled(frames, lambda i, fs: pipeline.run(fs)),
-            "REST json": cycled(frames, lambda i, fs: server_ms.append(client.bev(fs)["timing_ms"]["total"])),
-            "REST png": cycled(frames, lambda i, fs: client.bev(fs, format="png")),
-            "WebSocket 1 in flight": cycled(frames, stream_one),
-        }
-        timings = time_interleaved(calls, repeat=args.repeat, warmup=args.warmup)
-        if stream_errors:
-            raise RuntimeError(f"{len(stream_errors)} stream replies were errors, the first: {stream_errors[0]}")
-        agreement = check_grids(pipeline, client, ws, frames)
-        served = client.model()
+    calls = {
+        f"in-process {pipeline.segmenter.backend}": cycled(frames, lambda i, fs: pipeline.run(fs)),
+        "REST json": cycled(frames, lambda i, fs: server_ms.append(client.bev(fs)["timing_ms"]["total"])),
+        "REST png": cycled(frames, lambda i, fs: client.bev(fs, format="png")),
+        "WebSocket 1 in flight": cycled(frames, stream_one),
+    }
+    timings = time_interleaved(calls, repeat=args.repeat, warmup=args.warmup)
+    if stream_errors:
+        raise RuntimeError(f"{len(stream_errors)} stream replies were errors, the first: {stream_errors[0]}")
+    return timings, server_ms[-args.repeat :]
+
+
+def overhead_figures(timings: list[Timing], server_ms: list[float]) -> dict[str, float]:
+    """Service time over in-process time, and the latencies behind the ratios."""
     inproc, rest, rest_png, stream = timings
     inproc_fps, ws_fps = 1000.0 / inproc.mean_ms, 1000.0 / stream.mean_ms
-    figures: dict[str, Any] = {
+    return {
         "rest_overhead": rest.median_ms / inproc.median_ms,
         "ws_overhead": inproc_fps / ws_fps,
         "rest_png_overhead": rest_png.median_ms / inproc.median_ms,
@@ -315,7 +311,28 @@ def measure(args: Any, scratch: Path) -> tuple[list[Timing], dict[str, Any]]:
         "ws_p99_ms": stream.p99_ms,
         "ws_fps": ws_fps,
         # the pipeline's own time inside the server (its timing_ms total): the rest of REST is the service's cost
-        "server_pipeline_median_ms": float(np.median(server_ms[-args.repeat :])),
+        "server_pipeline_median_ms": float(np.median(server_ms)),
+    }
+
+
+def measure(args: Any, scratch: Path) -> tuple[list[Timing], dict[str, Any]]:
+    """The server and the in-process pipeline on the same model and frames: timings and the JSON figures."""
+    rig = load_rig(DEFAULT_RIG)
+    model_path, backend, note = choose_model(args, scratch)
+    # The server loads while the frames render and the in-process pipeline is built (both take seconds).
+    with running_server(model_path, backend, scratch) as server, ExitStack() as stack:
+        frames = frame_sets(rig, args.frame_sets, args.scale)
+        segmenter = load_segmenter(model_path, backend=backend)  # as ServiceState loads it (no device: the default)
+        pipeline = BevPipeline(rig, segmenter, encoder=encode_grid, max_pixels=SERVER_MAX_IMAGE_PIXELS)
+        stack.callback(pipeline.close)
+        server.wait_ready()
+        client = stack.enter_context(rest_client(server))
+        ws = stack.enter_context(stream_connect(server))
+        timings, server_ms = time_methods(pipeline, client, ws, frames, args)
+        agreement = check_grids(pipeline, client, ws, frames)
+        served = client.model()
+    figures: dict[str, Any] = {
+        **overhead_figures(timings, server_ms),
         **agreement,
         "backend": segmenter.backend,
         "served_backend": served.get("backend"),

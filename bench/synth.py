@@ -6,26 +6,22 @@ JPEG encoding; the true BEV and the oracle BEV (projector warp of the true label
 cycle of poses in one world (lanes, junctions, the parking lot), after a warm-up. One-off costs
 are reported apart: building a world (rasters, actors) and the per-rig ray tables.
 
-Run: ``.venv/bin/python bench/synth.py [--repeat N] [--quick]``. The last line printed is one JSON
-object: ``{"bench": "synth", "frame_set_s": ..., "stages_s": {...}, ...}``.
+Run from the repository root: ``.venv/bin/python -m bench.synth [--repeat N] [--quick]``. This bench has
+no baseline, hence no ratio: it prints absolute times. The last line printed is one JSON object:
+``{"bench": "synth", "frame_set_s": ..., "stages_s": {...}, ...}``.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
-
-# run as a script (`python bench/synth.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench._common import Timing, bench_parser, format_table, json_line, machine, time_call, time_once_s
+from bench.common import Timing, bench_parser, format_table, json_line, machine, time_call, time_once_s
 from bev_service.calib.rigfile import load_rig
+from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth import Renderer, SyntheticWorld, VehiclePose
-
-DEFAULT_RIG = Path(__file__).resolve().parents[1] / "calibration" / "default_rig.yaml"
 
 
 def _poses(world: SyntheticWorld, n: int) -> list[VehiclePose]:

@@ -12,8 +12,10 @@ agree on almost every cell; the run checks and prints that.
 The label maps are ray-cast from a procedural flat ground (2 m tiles of random classes crossed by
 lane markings) through the rig's own fisheye models, so both methods have a true answer to meet.
 
-Run: ``.venv/bin/python bench/warp.py [--repeat N] [--quick]``. The last line printed is one JSON
-object: ``{"bench": "warp", "warp_ms": ..., "baseline_ms": ..., "speedup": ..., ...}``.
+Run from the repository root: ``.venv/bin/python -m bench.warp [--repeat N] [--quick] [--rig PATH]``. It prints
+the ratio against the baseline measured in the same run (``speedup`` = baseline median / ours, interleaved
+call by call), and its last line is one JSON object:
+``{"bench": "warp", "warp_ms": ..., "baseline_ms": ..., "speedup": ..., ...}``.
 """
 
 from __future__ import annotations
@@ -21,27 +23,25 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-# run as a script (`python bench/warp.py`), the repository root is not on the path: make `bench` importable
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from bench._common import Timing, bench_parser, format_table, json_line, machine, time_call, time_interleaved, time_once_s
+from bench.common import Timing, bench_parser, format_table, json_line, machine, time_call, time_interleaved, time_once_s
 from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.cameras import FisheyeCamera, FloatArray
 from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
+from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Camera, Rig
 from bev_service.geometry.tables import NO_CAMERA, GroundTables
 from bev_service.geometry.transforms import apply_rigid
-from bev_service.projector import BevProjector
+from bev_service.shipped import DEFAULT_RIG
 
-DEFAULT_RIG = Path(__file__).resolve().parents[1] / "calibration" / "default_rig.yaml"
 NETWORK_SIZE_HW = (320, 480)
 BACKGROUND = 0
 # Pinhole undistortion stretches the image as tan(angle off the optical axis); existing code crops
@@ -102,7 +102,7 @@ def truth_grid(tables: GroundTables) -> NDArray[np.uint8]:
     return np.where(tables.owner == NO_CAMERA, tables.fixed_values(), truth)
 
 
-# --- baseline: per-camera undistort, warpPerspective, merge ---------------------------------------
+# --- baseline: per camera, fisheye undistortion (cv2.remap), warpPerspective onto the ground, merge ---
 
 
 def grid_from_ground(grid: BevGrid) -> FloatArray:
@@ -112,127 +112,86 @@ def grid_from_ground(grid: BevGrid) -> FloatArray:
     return np.array([[0.0, -1.0 / s, grid.y_range_m[1] / s - 0.5], [-1.0 / s, 0.0, grid.x_range_m[1] / s - 0.5], [0.0, 0.0, 1.0]])
 
 
-def fisheye_model(camera: Camera) -> FisheyeCamera:
-    """The camera's fisheye model: the baseline undistorts with OpenCV's fisheye functions."""
-    if not isinstance(camera.model, FisheyeCamera):
-        raise ValueError(f"camera {camera.name!r}: the baseline needs a fisheye camera, got {type(camera.model).__name__}")
-    return camera.model
-
-
-def input_camera_matrix(camera: Camera, size_hw: tuple[int, int]) -> FloatArray:
-    """The camera's K at input size ``size_hw`` (pixel centres at integers)."""
-    k = fisheye_model(camera).intrinsics.matrix
-    sx, sy = size_hw[1] / camera.image_size_hw[1], size_hw[0] / camera.image_size_hw[0]
-    return np.array([[k[0, 0] * sx, 0.0, (k[0, 2] + 0.5) * sx - 0.5], [0.0, k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5], [0, 0, 1]])
-
-
-def undistorted_camera_matrix(
-    camera: Camera, owned_xy: FloatArray, input_k: FloatArray, pixel_budget: int, max_angle_deg: float
-) -> tuple[FloatArray, tuple[int, int]]:
-    """K' and (width, height) of the undistorted view, chosen as surround-view code does: the camera K
-    with its focal scaled and its principal point shifted so that the ground region the camera owns
-    (within ``max_angle_deg`` of the optical axis) fits a canvas of about ``pixel_budget`` pixels
-    (the input image's own count), never finer than the input at the image centre."""
-    points = apply_rigid(camera.camera_from_vehicle, np.concatenate([owned_xy, np.zeros_like(owned_xy[:, :1])], axis=-1))
-    angle = np.degrees(np.arctan2(np.hypot(points[:, 0], points[:, 1]), points[:, 2]))
-    roi = points[angle < max_angle_deg]
-    normalised = roi[:, :2] / roi[:, 2:]
-    lo, hi = normalised.min(axis=0), normalised.max(axis=0)
-    focal = min(math.sqrt(pixel_budget / float(np.prod(hi - lo))), float(input_k[0, 0]))
-    size_wh = (math.ceil((hi[0] - lo[0]) * focal) + 1, math.ceil((hi[1] - lo[1]) * focal) + 1)
-    k_undistorted = np.array([[focal, 0.0, -lo[0] * focal], [0.0, focal, -lo[1] * focal], [0.0, 0.0, 1.0]])
-    return k_undistorted, size_wh
-
-
 @dataclass(frozen=True)
 class CameraStrip:
-    """One camera's part of the baseline: its undistortion map, its homography onto its strip of the
-    grid (the bounding box of the cells it owns) and the mask of the cells it writes there."""
+    """What the baseline precomputes for one camera: its undistortion map, the homography from the
+    undistorted view onto its strip of the grid, where that strip lies and the cells it writes there."""
 
-    name: str
     map_xy: NDArray[np.int16]  # (H', W', 2) nearest-neighbour fixed-point map for cv2.remap
-    undistorted_k: FloatArray
     strip_from_undistorted: FloatArray
     rows: slice
     cols: slice
     mask: NDArray[np.bool_]
 
-    @property
-    def strip_size_wh(self) -> tuple[int, int]:
-        return self.mask.shape[1], self.mask.shape[0]
+
+def baseline_warp(strips: Sequence[CameraStrip], images: NDArray[Any], fill: NDArray[Any], border: int) -> NDArray[Any]:
+    """The baseline: each camera's image (uint8 labels, uint16 pixel coordinates) undistorted, warped
+    onto its strip of the grid, and its cells copied into ``fill``."""
+    out = fill.copy()
+    for strip, image in zip(strips, images, strict=True):
+        # a two-channel fixed-point map needs no second map; OpenCV's stubs insist on one
+        undistorted = cv2.remap(
+            image,
+            strip.map_xy,
+            None,
+            cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=border,
+        )  # type: ignore[call-overload]
+        size_wh = (strip.mask.shape[1], strip.mask.shape[0])
+        warped = cv2.warpPerspective(
+            undistorted,
+            strip.strip_from_undistorted,
+            size_wh,
+            flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=border,
+        )
+        np.copyto(out[strip.rows, strip.cols], warped, where=strip.mask)
+    return out
 
 
-@dataclass(frozen=True)
-class PerCameraBaseline:
-    """The existing per-camera pipeline, with everything that does not depend on the frame precomputed."""
+def camera_strip(camera: Camera, owned: NDArray[np.bool_], grid: BevGrid, size_hw: tuple[int, int], crop: bool) -> CameraStrip:
+    """The baseline's tables for one camera at input size ``size_hw``, set up as surround-view code does.
 
-    strips: tuple[CameraStrip, ...]
-    fill: NDArray[np.uint8]  # EGO on the footprint, UNKNOWN elsewhere: cells no strip writes
-
-    def warp(self, images: NDArray[Any], fill: NDArray[Any], border: int) -> NDArray[Any]:
-        """Any (N, h, w) single-channel batch (uint8 labels, uint16 pixel coordinates) to the grid."""
-        out = fill.copy()
-        for strip, image in zip(self.strips, images, strict=True):
-            # a two-channel fixed-point map needs no second map; OpenCV's stubs insist on one
-            undistorted = cv2.remap(
-                image, strip.map_xy, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=border
-            )  # type: ignore[call-overload]
-            warped = cv2.warpPerspective(
-                undistorted,
-                strip.strip_from_undistorted,
-                strip.strip_size_wh,
-                flags=cv2.INTER_NEAREST,
-                borderMode=cv2.BORDER_CONSTANT,
-                borderValue=border,
-            )
-            np.copyto(out[strip.rows, strip.cols], warped, where=strip.mask)
-        return out
-
-    def warp_labels(self, labels: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        return self.warp(labels, self.fill, UNKNOWN)
-
-
-def build_camera_strip(
-    camera: Camera, owned: NDArray[np.bool_], grid: BevGrid, size_hw: tuple[int, int], max_angle_deg: float, crop: bool
-) -> CameraStrip:
-    """The camera's undistortion map, homography and mask; with ``crop`` its strip is the bounding
-    box of the cells it writes (as existing code warps each camera onto its own strip), else the
-    whole grid."""
+    The undistorted view is a pinhole K' framing the ground the camera owns within
+    ``PINHOLE_MAX_ANGLE_DEG`` of its axis on about as many pixels as the input (never finer than the
+    input at its centre). With ``crop`` the strip is the bounding box of the cells the camera writes,
+    else the whole grid.
+    """
+    model = camera.model
+    if not isinstance(model, FisheyeCamera):
+        raise ValueError(f"camera {camera.name!r}: the baseline needs a fisheye camera, got {type(model).__name__}")
+    k, (h, w), (cal_h, cal_w) = model.intrinsics.matrix, size_hw, camera.image_size_hw
+    input_k = np.array(
+        [
+            [k[0, 0] * w / cal_w, 0.0, (k[0, 2] + 0.5) * w / cal_w - 0.5],
+            [0.0, k[1, 1] * h / cal_h, (k[1, 2] + 0.5) * h / cal_h - 0.5],
+            [0, 0, 1],
+        ]
+    )  # K at the input size, pixel centres at integers
     centres = grid.cell_centres()
-    input_k = input_camera_matrix(camera, size_hw)
-    k_undistorted, size_wh = undistorted_camera_matrix(camera, centres[owned], input_k, size_hw[0] * size_hw[1], max_angle_deg)
-    distortion = np.asarray(fisheye_model(camera).k, dtype=np.float64)
-    map_x, map_y = cv2.fisheye.initUndistortRectifyMap(input_k, distortion, np.eye(3), k_undistorted, size_wh, cv2.CV_32FC1)
+    points = apply_rigid(camera.camera_from_vehicle, np.concatenate([centres, np.zeros_like(centres[..., :1])], axis=-1))
+    angle = np.degrees(np.arctan2(np.hypot(points[..., 0], points[..., 1]), points[..., 2]))
+    roi = points[owned & (angle < PINHOLE_MAX_ANGLE_DEG)]
+    normalised = roi[:, :2] / roi[:, 2:]
+    lo, hi = normalised.min(axis=0), normalised.max(axis=0)
+    focal = min(math.sqrt(h * w / float(np.prod(hi - lo))), float(input_k[0, 0]))
+    size_wh = (math.ceil((hi[0] - lo[0]) * focal) + 1, math.ceil((hi[1] - lo[1]) * focal) + 1)
+    undistorted_k = np.array([[focal, 0.0, -lo[0] * focal], [0.0, focal, -lo[1] * focal], [0.0, 0.0, 1.0]])
+    distortion = np.asarray(model.k, dtype=np.float64)
+    map_x, map_y = cv2.fisheye.initUndistortRectifyMap(input_k, distortion, np.eye(3), undistorted_k, size_wh, cv2.CV_32FC1)
     # nninterpolation: a rounded integer map, the fast path of cv2.remap with INTER_NEAREST
     map_xy = np.asarray(cv2.convertMaps(map_x, map_y, cv2.CV_16SC2, nninterpolation=True)[0], dtype=np.int16)
-    camera_from_vehicle = camera.camera_from_vehicle
-    undistorted_from_ground = k_undistorted @ camera_from_vehicle[:3, [0, 1, 3]]  # K' [r1 r2 t]
-    # cells behind the camera's image plane have no place in a pinhole view
-    in_front = apply_rigid(camera_from_vehicle, np.concatenate([centres, np.zeros_like(centres[..., :1])], axis=-1))[..., 2] > 0
-    writes = owned & in_front
+    writes = owned & (points[..., 2] > 0)  # cells behind the image plane have no place in a pinhole view
     rows, cols = slice(0, grid.rows), slice(0, grid.cols)
     if crop:
         rows_any, cols_any = np.flatnonzero(writes.any(axis=1)), np.flatnonzero(writes.any(axis=0))
         rows, cols = slice(int(rows_any[0]), int(rows_any[-1]) + 1), slice(int(cols_any[0]), int(cols_any[-1]) + 1)
     strip_from_grid = np.array([[1.0, 0.0, -cols.start], [0.0, 1.0, -rows.start], [0.0, 0.0, 1.0]])
+    undistorted_from_ground = undistorted_k @ camera.camera_from_vehicle[:3, [0, 1, 3]]  # K' [r1 r2 t]
     strip_from_undistorted = strip_from_grid @ grid_from_ground(grid) @ np.linalg.inv(undistorted_from_ground)
-    return CameraStrip(camera.name, map_xy, k_undistorted, strip_from_undistorted, rows, cols, writes[rows, cols].copy())
-
-
-def build_baseline(
-    rig: Rig,
-    tables: GroundTables,
-    size_hw: tuple[int, int],
-    *,
-    max_angle_deg: float = PINHOLE_MAX_ANGLE_DEG,
-    crop: bool = True,
-) -> PerCameraBaseline:
-    """The baseline for input size ``size_hw``, with the same owner per cell as ``tables``."""
-    strips = tuple(
-        build_camera_strip(cam, tables.owner == i, rig.grid, size_hw, max_angle_deg, crop) for i, cam in enumerate(rig.cameras)
-    )
-    fill = np.where(tables.ego, np.uint8(EGO), np.uint8(UNKNOWN))
-    return PerCameraBaseline(strips=strips, fill=fill)
+    return CameraStrip(map_xy, strip_from_undistorted, rows, cols, writes[rows, cols].copy())
 
 
 # --- one input size: inputs, both methods, agreement, timings -------------------------------------
@@ -243,24 +202,31 @@ class WarpCase:
     size_hw: tuple[int, int]
     labels: NDArray[np.uint8]  # (N, h, w)
     projector: BevProjector
-    baseline: PerCameraBaseline  # strips cropped to each camera's cells, as existing code does
-    baseline_full_grid: PerCameraBaseline  # every camera warped onto the whole grid
+    baseline: tuple[CameraStrip, ...]  # strips cropped to each camera's cells, as existing code does
+    baseline_full_grid: tuple[CameraStrip, ...]  # every camera warped onto the whole grid
+    fill: NDArray[np.uint8]  # EGO on the footprint, UNKNOWN elsewhere: the cells no camera writes
     truth: NDArray[np.uint8]
 
     @property
     def name(self) -> str:
         return f"{self.size_hw[1]}x{self.size_hw[0]}"
 
+    def ours(self) -> NDArray[np.uint8]:
+        return self.projector.warp_labels(self.labels)
+
+    def theirs(self, *, full_grid: bool = False) -> NDArray[np.uint8]:
+        return baseline_warp(self.baseline_full_grid if full_grid else self.baseline, self.labels, self.fill, UNKNOWN)
+
 
 def prepare_case(rig: Rig, projector: BevProjector, size_hw: tuple[int, int]) -> WarpCase:
-    return WarpCase(
-        size_hw=size_hw,
-        labels=render_labels(rig, size_hw),
-        projector=projector,
-        baseline=build_baseline(rig, projector.tables, size_hw),
-        baseline_full_grid=build_baseline(rig, projector.tables, size_hw, crop=False),
-        truth=truth_grid(projector.tables),
-    )
+    """Inputs, truth and the baseline's tables for input size ``size_hw``, with the same owner per cell as ours."""
+    tables = projector.tables
+
+    def strips(crop: bool) -> tuple[CameraStrip, ...]:
+        return tuple(camera_strip(cam, tables.owner == i, rig.grid, size_hw, crop) for i, cam in enumerate(rig.cameras))
+
+    fill = np.where(tables.ego, np.uint8(EGO), np.uint8(UNKNOWN))
+    return WarpCase(size_hw, render_labels(rig, size_hw), projector, strips(True), strips(False), fill, truth_grid(tables))
 
 
 def agreement(case: WarpCase) -> dict[str, float]:
@@ -271,9 +237,8 @@ def agreement(case: WarpCase) -> dict[str, float]:
     baseline_lost: share of seen cells the baseline cannot read (beyond its pinhole view);
     truth_ours / truth_baseline: share of the seen cells (covered, for the baseline) equal to the truth.
     """
-    ours = case.projector.warp_labels(case.labels)
-    theirs = case.baseline.warp_labels(case.labels)
-    if not np.array_equal(theirs, case.baseline_full_grid.warp_labels(case.labels)):
+    ours, theirs = case.ours(), case.theirs()
+    if not np.array_equal(theirs, case.theirs(full_grid=True)):
         raise AssertionError("the cropped and the full-grid baselines disagree")
     seen = case.projector.tables.owner != NO_CAMERA
     covered = seen & (theirs != UNKNOWN)
@@ -297,11 +262,12 @@ def source_pixel_offsets(case: WarpCase) -> dict[str, float]:
     """
     n, (h, w) = len(case.projector.rig.cameras), case.size_hw
     rows, cols = np.mgrid[0:h, 0:w].astype(np.uint16)
-    none = np.full(case.baseline.fill.shape, np.iinfo(np.uint16).max, dtype=np.uint16)
-    base_col = case.baseline.warp(np.broadcast_to(cols, (n, h, w)), none, int(none[0, 0])).astype(np.float64)
-    base_row = case.baseline.warp(np.broadcast_to(rows, (n, h, w)), none, int(none[0, 0])).astype(np.float64)
-    index = case.projector.label_table(case.size_hw).index.reshape(case.baseline.fill.shape)
-    covered = (case.projector.tables.owner != NO_CAMERA) & (base_col != none[0, 0]) & (base_row != none[0, 0])
+    none = int(np.iinfo(np.uint16).max)
+    blank = np.full(case.fill.shape, none, dtype=np.uint16)
+    base_col = baseline_warp(case.baseline, np.broadcast_to(cols, (n, h, w)), blank, none).astype(np.float64)
+    base_row = baseline_warp(case.baseline, np.broadcast_to(rows, (n, h, w)), blank, none).astype(np.float64)
+    index = case.projector.label_table(case.size_hw).index.reshape(case.fill.shape)
+    covered = (case.projector.tables.owner != NO_CAMERA) & (base_col != none) & (base_row != none)
     offset = np.hypot(base_col - index % w, base_row - index // w % h)[covered]
     return {
         "source_px_within_1": float((offset <= 1.0 + 1e-9).mean()),
@@ -312,13 +278,9 @@ def source_pixel_offsets(case: WarpCase) -> dict[str, float]:
 
 def time_case(case: WarpCase, repeat: int, warmup: int, *, full_grid: bool = True) -> list[Timing]:
     """Ours, the baseline (and the full-grid baseline) on the same inputs, interleaved call by call."""
-    labels = case.labels
-    calls = {
-        f"ours {case.name}": lambda: case.projector.warp_labels(labels),
-        f"baseline {case.name}": lambda: case.baseline.warp_labels(labels),
-    }
+    calls = {f"ours {case.name}": case.ours, f"baseline {case.name}": case.theirs}
     if full_grid:
-        calls[f"baseline full-grid {case.name}"] = lambda: case.baseline_full_grid.warp_labels(labels)
+        calls[f"baseline full-grid {case.name}"] = lambda: case.theirs(full_grid=True)
     return time_interleaved(calls, repeat=repeat, warmup=warmup)
 
 
@@ -327,9 +289,7 @@ def time_baseline_one_thread(case: WarpCase, repeat: int, warmup: int) -> Timing
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        return time_call(
-            lambda: case.baseline.warp_labels(case.labels), repeat=repeat, warmup=warmup, name=f"baseline 1 thr {case.name}"
-        )
+        return time_call(case.theirs, repeat=repeat, warmup=warmup, name=f"baseline 1 thr {case.name}")
     finally:
         cv2.setNumThreads(threads)
 

@@ -31,6 +31,7 @@ CLASSES: tuple[SemanticClass, ...] = (
     SemanticClass(7, "static_obstacle", (250, 170, 30), False, "cones, poles, barriers"),
 )
 NUM_CLASSES = len(CLASSES)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)  # in id order: what a model must predict
 CLASS_IDS = {c.name: c.id for c in CLASSES}
 EGO_COLOR = (60, 60, 60)
 UNKNOWN_COLOR = (20, 20, 20)

@@ -24,7 +24,6 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 from urllib.parse import urlsplit, urlunsplit
@@ -111,11 +110,6 @@ def decode_grid_png(data: bytes) -> NDArray[np.uint8]:
         if image.mode not in ("P", "L"):
             raise ValueError(f"expected a palette or grey PNG of class ids, got mode {image.mode!r}")
         return np.ascontiguousarray(np.asarray(image), dtype=np.uint8)
-
-
-def frame_set_from_files(paths: Mapping[str, str | Path]) -> dict[str, bytes]:
-    """``{camera: path}`` to ``{camera: file bytes}``, the frame set ``bev`` and ``send`` take."""
-    return {camera: Path(path).read_bytes() for camera, path in paths.items()}
 
 
 def _content_type(data: bytes) -> str:

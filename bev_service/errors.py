@@ -1,4 +1,5 @@
-"""One exception type per domain; the service maps each to an HTTP status in one place."""
+"""One exception type per domain; the service maps each to an HTTP status and a stream reply in one place
+(``bev_service.service.errors``)."""
 
 from __future__ import annotations
 

@@ -5,12 +5,14 @@
 #   2. starts a private dockerd on build/docker/docker.sock (its own data root, so a second run reuses the
 #      layer cache) and stops it again on exit, by its pid;
 #   3. makes the base image once with debootstrap (Debian bookworm, Python 3.11; tarball cached in build/docker/);
-#   4. builds docker/Dockerfile on that base with this machine's CA bundle and local torch CPU wheel;
-#   5. brings docker/compose.yaml up on a free loopback port, waits for /readyz, checks the viewer, a rig PUT
-#      into the named volume and the demo streamer (exit 0, grids received), prints a summary and one JSON line;
+#   4. builds docker/Dockerfile (the cpu variant: ONNX Runtime, no torch) on that base with this machine's CA bundle;
+#   5. brings docker/compose.yaml up on a free loopback port, waits for /readyz, checks the backend (ONNX Runtime,
+#      no torch in the image), the viewer, a rig PUT into the named volume and the demo streamer (exit 0, grids
+#      received), prints a summary and one JSON line;
 #   6. tears it all down (compose down -v) whatever happened.
 # Environment: BEV_DOCKER_READY_TIMEOUT_S (600), BEV_DOCKER_DEMO_TIMEOUT_S (600), DEBIAN_MIRROR (deb.debian.org),
-# BEV_MODELS_DIR (an absolute folder mounted as /app/models instead of models/; it must hold enet-pruned.pt).
+# BEV_MODELS_DIR (an absolute folder compose mounts as /app/models instead of bev_service/shipped/models/; the
+# service reads it only when BEV_MODEL names a file there: by default it serves the model built into the image).
 # Logs of each step stay in build/docker/*.log.
 set -euo pipefail
 
@@ -132,26 +134,15 @@ pip_setting() {
 
 stage_extras() {
     # BUILD_ARGS gets the build arguments for what this machine needs: its CA bundle (a TLS proxy in front of the
-    # package index) and a local torch wheel from pip's find-links (the CPU build, instead of a download).
+    # package index). The cpu variant installs no torch, so the local torch wheel (pip's find-links) is not staged.
     BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     rm -rf "$EXTRA"
-    mkdir -p "$EXTRA/wheels"
-    local cert dir wheel
+    mkdir -p "$EXTRA"
+    local cert
     cert=$(pip_setting cert)
     if [ -n "$cert" ] && [ -f "$cert" ]; then
         cp "$cert" "$EXTRA/ca.pem"
         BUILD_ARGS+=(--build-arg "EXTRA_CA=${EXTRA#"$ROOT"/}/ca.pem")
-    fi
-    for dir in $(pip_setting find-links); do
-        [ -d "$dir" ] || continue
-        for wheel in "$dir"/torch-*.whl; do
-            [ -f "$wheel" ] || continue
-            ln -f "$wheel" "$EXTRA/wheels/" 2> /dev/null || cp "$wheel" "$EXTRA/wheels/"
-        done
-    done
-    if compgen -G "$EXTRA/wheels/*.whl" > /dev/null; then
-        # The wheel is the CPU build: no need for (nor, here, a route to) the PyTorch index.
-        BUILD_ARGS+=(--build-arg "EXTRA_WHEELS=${EXTRA#"$ROOT"/}/wheels" --build-arg TORCH_CPU_INDEX=)
     fi
     log "build inputs: ${BUILD_ARGS[*]}"
 }
@@ -195,8 +186,10 @@ check_service() {
     [ "$health" = healthy ] || die "bev container health is '$health', not healthy"
     user=$("${COMPOSE[@]}" exec -T bev id -u)
     [ "$user" != 0 ] || die "the service runs as root"
-    python3 - "$base" "$ROOT/calibration/default_rig.yaml" << 'EOF' || die "service checks (above)"
-import re, sys, urllib.error, urllib.request
+    # The cpu image serves on ONNX Runtime without torch (pyproject.toml's torch extra is not installed).
+    ! "${COMPOSE[@]}" exec -T bev python -c "import torch" > /dev/null 2>&1 || die "torch is installed in the cpu image"
+    python3 - "$base" "$ROOT/bev_service/shipped/default_rig.yaml" << 'EOF' || die "service checks (above)"
+import json, re, sys, urllib.error, urllib.request
 
 base, rig_path = sys.argv[1], sys.argv[2]
 
@@ -213,6 +206,9 @@ def call(path, data=None, method="GET", content_type=None):
 
 
 failures = []
+status, ready = call("/readyz")
+if status != 200 or json.loads(ready).get("backend") != "onnxruntime-cpu":
+    failures.append(f"/readyz answered {status}, not the onnxruntime-cpu backend: {ready[:200]!r}")
 status, page = call("/")
 if status != 200 or "<html" not in page.lower():
     failures.append(f"viewer: GET / answered {status}: {page[:200]!r}")
@@ -229,7 +225,7 @@ for failure in failures:
 sys.exit(1 if failures else 0)
 EOF
     "${COMPOSE[@]}" exec -T bev test -f /app/rigs/docker-test.yaml || die "the PUT rig is not in the rigs volume"
-    log "healthy, uid $user, viewer page, /v1/rigs, rig PUT into the rigs volume: ok"
+    log "healthy, uid $user, no torch, onnxruntime-cpu backend, viewer page, /v1/rigs, rig PUT into the rigs volume: ok"
 }
 
 check_demo() {
@@ -256,8 +252,9 @@ EOF
 
 main() {
     [ "$(id -u)" = 0 ] || die "needs root (apt-get, dockerd)"
-    local models=${BEV_MODELS_DIR:-$ROOT/models}
-    [ -f "$models/enet-pruned.pt" ] || die "no $models/enet-pruned.pt for the service to load: make train (or set BEV_MODELS_DIR)"
+    # The image ships the package's networks (package data); the cpu variant serves the .onnx beside the model.
+    local models=$ROOT/bev_service/shipped/models
+    [ -f "$models/enet-pruned.onnx" ] || die "no $models/enet-pruned.onnx for the image to ship: make train"
     mkdir -p "$WORK"
     install_tools
     trap cleanup EXIT

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from bev_service.calib.rigfile import load_rig
+from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.model.weights import save_model
-from bev_service.projector import BevProjector
+from bev_service.runtime.weights import save_model
+from bev_service.shipped import DEFAULT_RIG
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RIG = REPO / "calibration" / "default_rig.yaml"
 REAL_DATA = Path(os.environ.get("BEV_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
 
 
@@ -46,8 +46,8 @@ def projector(rig: Rig) -> BevProjector:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny network (``tests.model.conftest.TINY``: 64x96 input, the default rig's aspect ratio)."""
-    from tests.model.conftest import TINY, tiny_model
+    """An untrained tiny network (``tests.networks.TINY``: 64x96 input, the default rig's aspect ratio)."""
+    from tests.networks import TINY, tiny_model
 
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     save_model(path, tiny_model(), TINY, {"note": "untrained, for tests"})

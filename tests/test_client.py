@@ -18,11 +18,11 @@ from bev_service.classes import CLASSES
 from bev_service.cli.demo import DemoStats, render_drive, stream_drive
 from bev_service.cli.main import main
 from bev_service.client import BevClient, ServiceError, StreamClient, StreamReply, decode_grid_png, stream_url
-from bev_service.model.weights import save_model
+from bev_service.runtime.weights import save_model
 from bev_service.service.settings import Settings
 from tests.conftest import DEFAULT_RIG
 from tests.live_server import free_socket, running_server
-from tests.model.conftest import TINY, tiny_model
+from tests.networks import TINY, tiny_model
 
 TOKEN = "client-test-token"
 CAMERAS = ("front", "left", "rear", "right")

@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from bev_service.calib import cvcompat
 from bev_service.calib.intrinsics import camera_from_json, rig_camera_block
+from bev_service.calib.rigfile import StrictModel
 from bev_service.errors import CalibrationError
 from bev_service.geometry.cameras import CameraModel, FloatArray
 from bev_service.geometry.rig import GroundHomography
@@ -61,17 +62,13 @@ _MIN_RAY_Z = 0.1
 Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _PointSpec(_Strict):
+class _PointSpec(StrictModel):
     name: str | None = None
     image_px: tuple[float, float]
     ground_m: tuple[float, float]
 
 
-class _PointsFileSpec(_Strict):
+class _PointsFileSpec(StrictModel):
     camera: str | None = None
     intrinsics: str | dict[str, Any] | None = None
     undistorted_k: Matrix3 | None = None

@@ -104,11 +104,6 @@ def rotation_from_rvec(rvec: FloatArray) -> FloatArray:
     return np.asarray(rotation, dtype=np.float64)
 
 
-def rvec_from_rotation(rotation: FloatArray) -> FloatArray:
-    rvec, _ = cv2.Rodrigues(np.asarray(rotation, dtype=np.float64))
-    return np.asarray(rvec, dtype=np.float64).reshape(3)
-
-
 def pose_candidates(object_points: FloatArray, normalised_xy: FloatArray) -> list[tuple[FloatArray, FloatArray]]:
     """Candidate poses (rvec, tvec) of points seen at normalised image coordinates, from several PnP
     solvers; the caller keeps the one that fits best. Several, because no one solver is right every

@@ -25,11 +25,13 @@ Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[fl
 Row4 = tuple[float, float, float, float]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A file schema that refuses unknown keys and non-finite numbers: a typo or a NaN is an error, not a default."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class FisheyeModel(_Strict):
+class FisheyeModel(StrictModel):
     type: Literal["fisheye"]
     fx: PositiveFloat
     fy: PositiveFloat
@@ -39,7 +41,7 @@ class FisheyeModel(_Strict):
     max_angle_deg: float | None = Field(default=None, gt=0, le=180)
 
 
-class PinholeModel(_Strict):
+class PinholeModel(StrictModel):
     type: Literal["pinhole"]
     fx: PositiveFloat
     fy: PositiveFloat
@@ -48,7 +50,7 @@ class PinholeModel(_Strict):
     dist: list[float] = Field(default_factory=list, max_length=5, description="OpenCV k1, k2, p1, p2[, k3]")
 
 
-class MeiModel(_Strict):
+class MeiModel(StrictModel):
     type: Literal["mei"]
     fx: PositiveFloat
     fy: PositiveFloat
@@ -58,7 +60,7 @@ class MeiModel(_Strict):
     dist: list[float] = Field(default_factory=list, max_length=5, description="k1, k2, p1, p2[, k3]")
 
 
-class OcamModel(_Strict):
+class OcamModel(StrictModel):
     type: Literal["ocam"]
     inverse_poly: list[float] = Field(min_length=2, description="rho(theta), ascending powers")
     center_xy: tuple[float, float]
@@ -69,7 +71,7 @@ class OcamModel(_Strict):
 ModelSpec = Annotated[FisheyeModel | PinholeModel | MeiModel | OcamModel, Field(discriminator="type")]
 
 
-class PoseSpec(_Strict):
+class PoseSpec(StrictModel):
     """``matrix`` (4x4), or ``quaternion_wxyz`` with ``translation_m``."""
 
     matrix: tuple[Row4, Row4, Row4, Row4] | None = None
@@ -83,12 +85,12 @@ class PoseSpec(_Strict):
         return self
 
 
-class HomographySpec(_Strict):
+class HomographySpec(StrictModel):
     ground_from_image: Matrix3 = Field(description="undistorted image pixels to vehicle ground (x, y) in metres")
     undistorted_k: Matrix3 = Field(description="intrinsic matrix of the undistorted image")
 
 
-class CameraSpec(_Strict):
+class CameraSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     image_size_hw: tuple[PositiveInt, PositiveInt]
     model: ModelSpec
@@ -105,22 +107,22 @@ class CameraSpec(_Strict):
 MAX_GRID_CELLS = 2048 * 2048
 
 
-class GridSpec(_Strict):
+class GridSpec(StrictModel):
     x_range_m: Range
     y_range_m: Range
     cell_size_m: PositiveFloat
 
 
-class EgoSpec(_Strict):
+class EgoSpec(StrictModel):
     x_range_m: Range
     y_range_m: Range
 
 
-class VehicleFrameSpec(_Strict):
+class VehicleFrameSpec(StrictModel):
     origin: str = "centre of the vehicle footprint on the ground"
 
 
-class RigSpec(_Strict):
+class RigSpec(StrictModel):
     rig_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: str = "1"
     description: str = ""

@@ -28,11 +28,11 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.client import DEFAULT_URL, BevClient, ServiceError, StreamClient, StreamReply
 from bev_service.errors import BevError
 from bev_service.geometry.rig import Rig
+from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth.dataset import world_seed
 from bev_service.synth.drive import DrivePlan, iter_drive
 from bev_service.synth.world import SyntheticWorld
 
-_REPO_RIG = Path(__file__).resolve().parents[2] / "calibration" / "default_rig.yaml"
 MAX_IN_FLIGHT = 2  # with --fps 0: one frame set computing, one waiting; never a drop
 DRIVE_SPEED_MPS = 8.0
 DRIVE_FPS = 10.0  # the drive's own clock: how far the car moves between frame sets, whatever --fps sends at
@@ -58,7 +58,7 @@ def register(commands: Any) -> None:
     p.add_argument("--token", default=os.environ.get("BEV_API_TOKEN"), help="bearer token (default $BEV_API_TOKEN)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and the drive (default 0)")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for /readyz before streaming (default 120)")
-    p.add_argument("--rig", type=Path, help="rig file to render; its rig_id is sent (default: the repository's default rig)")
+    p.add_argument("--rig", type=Path, help="rig file to render; its rig_id is sent (default: the shipped default rig)")
     p.add_argument("--scale", type=float, default=1.0, help="image size as a fraction of the rig's, e.g. 0.5 (default 1)")
     p.add_argument("--drive-frames", type=int, default=24, help="distinct frame sets rendered and looped (default 24)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without a reply before giving up (default 30)")
@@ -215,7 +215,7 @@ async def _stream(args: argparse.Namespace, drive: list[Frames], rig_id: str) ->
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    rig = load_rig(args.rig or _REPO_RIG)
+    rig = load_rig(args.rig or DEFAULT_RIG)
     distinct = min(args.frames, args.drive_frames)
     stats = DemoStats()
     stop = threading.Event()

@@ -2,6 +2,8 @@
 
 Training and pruning settings are dataclasses (``TrainConfig``, ``PruneConfig``); every field is a
 flag of the same name (``--crop-height 192``), so a checkpoint's stored config reads like its command.
+``--recipe FILE`` (a recipe file, or a name in ``bev_service/training/recipes/``: ``shipped``) sets them
+first; the flags given on the command line override it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.cli.project import parse_frame_args
 from bev_service.errors import FrameError
 from bev_service.imageio import read_image, write_png
-from bev_service.model.config import PruneConfig, TrainConfig
+from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
+from bev_service.training.config import PruneConfig, TrainConfig, read_recipe
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +55,52 @@ INFER_DOC = (
 )
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[Any], skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field, typed and defaulted from the field."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[Any], *, recipe: bool = False) -> None:
+    """One flag per dataclass field, typed from the field; with ``recipe``, also ``--recipe FILE``.
+
+    A flag left out is absent from the parsed namespace (its default is the field's, or the recipe's),
+    so that ``config_from_args`` can tell the flags given from the ones a recipe sets.
+    """
     kinds = {"int": int, "float": float, "str": str}
+    if recipe:
+        parser.add_argument("--recipe", help="recipe file, or a recipe name ('shipped'): settings that flags override")
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, type=kinds[str(f.type)], default=f.default, help=f"default: {f.default}")
+            parser.add_argument(flag, type=kinds[str(f.type)], default=argparse.SUPPRESS, help=f"default: {f.default}")
 
 
-def config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in fixed}
+def config_from_args(cls: type[Any], args: argparse.Namespace, *, command: str | None = None) -> Any:
+    """The config of the flags given, over the recipe's settings (``--recipe``, read for ``command``), over the defaults."""
     try:
-        return cls(**values, **fixed)
+        values = read_recipe(args.recipe, command) if command and getattr(args, "recipe", None) else {}
+        values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+        return cls(**values)
     except ValueError as exc:
         raise FrameError(f"bad settings: {exc}") from exc
 
 
 def register(commands: Any) -> None:
     p = commands.add_parser("train", help="train the segmentation network on synthetic frame sets", description=TRAIN_DOC)
-    add_config_flags(p, TrainConfig)
+    add_config_flags(p, TrainConfig, recipe=True)
     p.set_defaults(func=run_train)
+    _register_eval(commands)
+    p = commands.add_parser("prune", help="L1 channel pruning with fine-tuning, and a before/after report", description=PRUNE_DOC)
+    add_config_flags(p, PruneConfig, recipe=True)
+    p.set_defaults(func=run_prune)
+    _register_export(commands)
+    _register_quantize(commands)
+    _register_infer(commands)
 
+
+def _register_eval(commands: Any) -> None:
     p = commands.add_parser("eval", help="per-class IoU / mIoU in image and BEV space", description=EVAL_DOC)
     p.add_argument("--model", required=True, help="model file (.pt weights or .onnx)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     p.add_argument("--data", default="synth", help="'synth' (render held-out worlds) or a directory from bev synth")
-    p.add_argument("--rig", default="calibration/default_rig.yaml")
+    p.add_argument("--rig", default=str(DEFAULT_RIG), help="rig file (default: the shipped default rig)")
     p.add_argument("--val-seed", type=int, default=100_000, help="data set seed of the held-out frame sets when rendering")
     p.add_argument("--frame-sets", type=int, default=16, help="frame sets to render (with --data synth)")
     p.add_argument(
@@ -95,10 +113,8 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=run_eval)
 
-    p = commands.add_parser("prune", help="L1 channel pruning with fine-tuning, and a before/after report", description=PRUNE_DOC)
-    add_config_flags(p, PruneConfig)
-    p.set_defaults(func=run_prune)
 
+def _register_export(commands: Any) -> None:
     p = commands.add_parser("export", help="write the network with its argmax head as ONNX", description=EXPORT_DOC)
     p.add_argument("--model", required=True, type=Path, help="model weights (.pt)")
     p.add_argument("--out", required=True, type=Path, help="ONNX file to write")
@@ -106,6 +122,8 @@ def register(commands: Any) -> None:
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="compare ONNX Runtime with torch")
     p.set_defaults(func=run_export)
 
+
+def _register_quantize(commands: Any) -> None:
     p = commands.add_parser("quantize", help="int8 ONNX graph for ONNX Runtime on CPU", description=QUANTIZE_DOC)
     p.add_argument("--model", required=True, type=Path, help="float ONNX graph from bev export")
     p.add_argument("--out", required=True, type=Path, help="int8 ONNX file to write")
@@ -122,7 +140,7 @@ def register(commands: Any) -> None:
         help="keep the classifier convolution and its argmax in float",
     )
     p.add_argument("--data", default="synth", help="'synth' (render frame sets) or a directory from bev synth")
-    p.add_argument("--rig", default="calibration/default_rig.yaml")
+    p.add_argument("--rig", default=str(DEFAULT_RIG), help="rig file (default: the shipped default rig)")
     p.add_argument("--frame-sets", type=int, default=8, help="calibration frame sets (all their cameras' images)")
     p.add_argument("--data-seed", type=int, default=0, help="data set seed of the calibration frame sets (the training set's)")
     p.add_argument("--check-frame-sets", type=int, default=4, help="held-out frame sets the labels are compared on (0: none)")
@@ -133,8 +151,10 @@ def register(commands: Any) -> None:
     p.add_argument("--render-cache", default="", help="folder that keeps rendered data sets (as bev train's)")
     p.set_defaults(func=run_quantize)
 
+
+def _register_infer(commands: Any) -> None:
     p = commands.add_parser("infer", help="frames of one frame set to the BEV grid of class ids", description=INFER_DOC)
-    p.add_argument("--rig", help="rig file (default: calibration/default_rig.yaml)")
+    p.add_argument("--rig", help="rig file (default: the shipped default rig)")
     p.add_argument("--model", help="model file, .pt or .onnx (default: the shipped pruned model)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     p.add_argument("--confidence-fusion", action="store_true", help="per cell, the most confident covering camera")
@@ -145,7 +165,7 @@ def register(commands: Any) -> None:
 
 def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
     """Training and validation frame sources of a TrainConfig or PruneConfig."""
-    from bev_service.model.synthdata import open_source
+    from bev_service.training.synthdata import open_source
 
     def source(data: str, count: int, seed: int) -> Any:
         cache = config.render_cache or None
@@ -156,18 +176,18 @@ def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from bev_service.model.train import train
+    from bev_service.training.train import train
 
-    config = config_from_args(TrainConfig, args)
+    config = config_from_args(TrainConfig, args, command="train")
     train(config, *_sources(config, config.input_size_hw))
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from bev_service.model.backends import load_segmenter
-    from bev_service.model.evaluate import evaluate, format_table, to_json
-    from bev_service.model.synthdata import open_source
-    from bev_service.projector import BevProjector
+    from bev_service.geometry.projector import BevProjector
+    from bev_service.runtime.segmenter import load_segmenter
+    from bev_service.training.evaluate import evaluate, format_table, to_json
+    from bev_service.training.synthdata import open_source
 
     segmenter = load_segmenter(args.model, backend=args.backend)
     rig = load_rig(args.rig)
@@ -184,10 +204,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from bev_service.model.prune import run_pruning
-    from bev_service.model.weights import load_model
+    from bev_service.runtime.weights import load_model
+    from bev_service.training.prune import run_pruning
 
-    config = config_from_args(PruneConfig, args)
+    config = config_from_args(PruneConfig, args, command="prune")
     report = run_pruning(config, *_sources(config, load_model(config.model).config.input_size_hw))
     summary = {k: report[k] for k in ("macs_ratio", "params_ratio", "cpu_speedup", "miou_drop") if k in report}
     print(json.dumps({"before": _brief(report["before"]), "after": _brief(report["after"]), **summary}))
@@ -206,8 +226,9 @@ def _brief(measured: dict[str, Any]) -> dict[str, Any]:
 def run_export(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bev_service.model.export import check_onnx, export_onnx
-    from bev_service.model.weights import ModelError, load_model
+    from bev_service.errors import ModelError
+    from bev_service.runtime.weights import load_model
+    from bev_service.training.export import check_onnx, export_onnx
 
     loaded = load_model(args.model)
     export_onnx(loaded.model, loaded.config, args.out, confidence=args.confidence)
@@ -223,10 +244,10 @@ def run_export(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bev_service.model.backends import OnnxSegmenter
-    from bev_service.model.quantize import check_quantized, quantize_onnx
-    from bev_service.model.synthdata import open_source
-    from bev_service.model.weights import ModelError
+    from bev_service.errors import ModelError
+    from bev_service.runtime.onnx_backend import OnnxSegmenter
+    from bev_service.training.quantize import check_quantized, quantize_onnx
+    from bev_service.training.synthdata import open_source
 
     if args.frame_sets < 1 or args.check_frame_sets < 0:
         raise FrameError(
@@ -258,12 +279,12 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from bev_service.model.backends import load_segmenter
-    from bev_service.pipeline import DEFAULT_MODEL_PATH, DEFAULT_RIG_PATH, BevPipeline
+    from bev_service.runtime.pipeline import BevPipeline
+    from bev_service.runtime.segmenter import load_segmenter
 
-    rig = load_rig(args.rig or DEFAULT_RIG_PATH)
+    rig = load_rig(args.rig or DEFAULT_RIG)
     paths = parse_frame_args(args.frames, rig.camera_names)
-    segmenter = load_segmenter(args.model or DEFAULT_MODEL_PATH, backend=args.backend)
+    segmenter = load_segmenter(args.model or PRUNED_MODEL, backend=args.backend)
     pipeline = BevPipeline(rig, segmenter, confidence_fusion=args.confidence_fusion, encoder=None)
     try:
         result = pipeline.run({name: read_image(path) for name, path in paths.items()})
@@ -275,7 +296,7 @@ def run_infer(args: argparse.Namespace) -> int:
         "rig_id": rig.rig_id,
         **rig.grid.metadata(),
         "content": "class ids",
-        "model": str(args.model or DEFAULT_MODEL_PATH),
+        "model": str(args.model or PRUNED_MODEL),
         "backend": segmenter.backend,
         "input_size_hw": list(segmenter.input_size_hw),
         "timings_ms": result.timings_ms,

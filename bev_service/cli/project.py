@@ -11,8 +11,8 @@ import numpy as np
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import FrameError
+from bev_service.geometry.projector import BevProjector
 from bev_service.imageio import check_camera_set, read_image, read_labels, write_png
-from bev_service.projector import BevProjector
 
 
 def register(commands: Any) -> None:

@@ -22,10 +22,14 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--model", type=Path, help="model weights (default models/enet-pruned.pt)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="model weights (default: the shipped pruned network; on a CPU the service serves its int8 graph, see BEV_INT8)",
+    )
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], help="inference backend (default auto)")
     p.add_argument("--device", help="torch device for the torch backend (cpu, cuda)")
-    p.add_argument("--rig", type=Path, help="default rig file (default calibration/default_rig.yaml)")
+    p.add_argument("--rig", type=Path, help="default rig file (default: the shipped default rig)")
     p.add_argument("--rigs-dir", type=Path, help="where PUT /v1/rigs stores rigs (default build/rigs)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
     p.set_defaults(func=run)

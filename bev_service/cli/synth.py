@@ -16,14 +16,13 @@ from tqdm import tqdm
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import BevError
 from bev_service.imageio import write_png
+from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth.contact_sheet import contact_sheet
 from bev_service.synth.dataset import iter_frame_sets, world_seed, write_dataset, write_drive
 from bev_service.synth.drive import DrivePlan, iter_drive
-from bev_service.synth.render import FrameSet
+from bev_service.synth.render import RenderedFrameSet
 from bev_service.synth.world import SyntheticWorld
 
-DEFAULT_RIG = "calibration/default_rig.yaml"
-_REPO_RIG = Path(__file__).resolve().parents[2] / DEFAULT_RIG
 SHEET_FRAME_SETS = 3
 MAX_COUNT = 1_000_000
 
@@ -41,7 +40,7 @@ def register(commands: Any) -> None:
         "manifest. --drive renders a sequence along the world's ring road; --contact-sheet writes a picture of a few "
         "frame sets. The same seed gives byte-identical files.",
     )
-    p.add_argument("--rig", help=f"rig file (default: {DEFAULT_RIG})")
+    p.add_argument("--rig", help="rig file (default: the shipped default rig)")
     p.add_argument("--count", type=int, help="number of frame sets (data set mode)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, poses and appearance (default 0)")
     p.add_argument("--out", type=Path, help="output folder (created; must be empty unless --overwrite)")
@@ -106,8 +105,9 @@ def _drive_plan(args: argparse.Namespace) -> DrivePlan:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    rig_path = args.rig or DEFAULT_RIG
-    rig = load_rig(args.rig or _REPO_RIG)
+    # The manifest names the shipped rig by its place in the package, so it is the same on every machine.
+    rig_path = args.rig or str(DEFAULT_RIG.relative_to(DEFAULT_RIG.parents[2]))
+    rig = load_rig(args.rig or DEFAULT_RIG)
     plan = _drive_plan(args) if args.drive else None
     total = plan.frames if plan is not None else (args.count or 0)
     if args.out is not None:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sheet_frame_sets(rig: Any, args: argparse.Namespace, plan: DrivePlan | None) -> list[FrameSet]:
+def _sheet_frame_sets(rig: Any, args: argparse.Namespace, plan: DrivePlan | None) -> list[RenderedFrameSet]:
     """The first few frame sets of the data set (or frames spread over the drive), rendered again:
     rendering is deterministic, so they are the ones written."""
     if plan is None:

@@ -65,6 +65,31 @@ def rotation_about(axis: str, angle_rad: float) -> FloatArray:
     return np.array(matrices[axis], dtype=np.float64)
 
 
+def rotation_z(yaw_rad: ArrayLike) -> FloatArray:
+    """Planar rotation (..., 2, 2) by ``yaw_rad`` counter-clockwise, vectorised over yaw: ``a_from_b``
+    for a frame b turned by ``yaw_rad`` about z in frame a. Its transpose is ``b_from_a``."""
+    yaw = np.asarray(yaw_rad, dtype=np.float64)
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.stack([np.stack([c, -s], axis=-1), np.stack([s, c], axis=-1)], axis=-2)
+
+
+def apply_planar(a_from_b: FloatArray, points_b: ArrayLike, translation: ArrayLike | None = None) -> FloatArray:
+    """Planar rigid transform of points (..., 2) or (..., 3) from frame b to frame a: x and y turned
+    by the rotation ``a_from_b`` (2, 2) or (..., 2, 2), then moved by ``translation`` (b's origin in
+    a); z, when given, passes through. Written out per coordinate (``t + r00 x + r01 y``, in that
+    order) rather than as a matrix product, so results do not depend on the BLAS; the points' dtype
+    is kept as NumPy's promotion with float64 gives it."""
+    p = np.asarray(points_b)
+    x, y = p[..., 0], p[..., 1]
+    r = np.asarray(a_from_b, dtype=np.float64)
+    if translation is None:
+        xy = [r[..., 0, 0] * x + r[..., 0, 1] * y, r[..., 1, 0] * x + r[..., 1, 1] * y]
+    else:
+        t = np.asarray(translation, dtype=np.float64)
+        xy = [t[..., 0] + r[..., 0, 0] * x + r[..., 0, 1] * y, t[..., 1] + r[..., 1, 0] * x + r[..., 1, 1] * y]
+    return np.stack(xy if p.shape[-1] == 2 else [*xy, p[..., 2]], axis=-1)
+
+
 def rigid(rotation: ArrayLike, translation: ArrayLike) -> FloatArray:
     """4x4 rigid transform from a 3x3 rotation and a translation."""
     out = np.eye(4)

@@ -21,22 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from bev_service.errors import BevError
-from bev_service.pipeline import BevResult, Decoded
+from bev_service.runtime.pipeline import BevResult, Decoded
+from bev_service.service.errors import OverloadedError
 from bev_service.service.metrics import Metrics
 from bev_service.service.rigs import RigEntry
+
+__all__ = ["Engine", "Frames", "OverloadedError"]
 
 log = logging.getLogger(__name__)
 
 Frames = Mapping[str, bytes | NDArray[np.uint8]]
-
-
-class OverloadedError(BevError):
-    """The queue is full; retry after ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass

@@ -3,6 +3,7 @@ tests, do not share counters)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +32,15 @@ class Metrics:
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         for stage, ms in timings_ms.items():
             self.stage.labels(stage=stage).observe(ms / 1000.0)
+
+    def frame_set_answered(self, source: str, timings_ms: Mapping[str, float], began: float) -> None:
+        """A grid went back; ``began`` is the ``time.perf_counter()`` of its arrival."""
+        self.frames.labels(source=source).inc()
+        self.observe_stages(timings_ms)
+        self.request_latency.labels(source=source).observe(time.perf_counter() - began)
+
+    def frame_set_refused(self, source: str) -> None:
+        self.bad_frames.labels(source=source).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,21 +13,23 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from bev_service.calib.coverage import coverage_of, coverage_picture
 from bev_service.calib.rigfile import load_rig, rig_from_yaml, save_rig
 from bev_service.errors import BevError, CalibrationError, ModelError
 from bev_service.geometry.rig import Rig
-from bev_service.pipeline import BevPipeline
+from bev_service.imageio import encode_png
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.service.errors import UnknownRigError
+
+__all__ = ["RIG_ID", "RigEntry", "RigStore", "UnknownRigError", "check_rig_id"]
 
 log = logging.getLogger(__name__)
 
 # Letters, digits, '.', '_' and '-', starting with a letter or digit: no path separators, no '..'.
 RIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class UnknownRigError(BevError):
-    """No rig with this id."""
 
 
 def check_rig_id(rig_id: str) -> str:
@@ -48,6 +50,14 @@ class RigEntry:
     @property
     def rig_id(self) -> str:
         return self.rig.rig_id
+
+    @cached_property
+    def coverage_png(self) -> bytes:
+        """Which camera owns each grid cell, as a PNG with a legend. Kept on the entry: a PUT makes a
+        new entry, so the picture can never outlive its calibration. Slow: call it off the event loop."""
+        tables = self.pipeline.projector.tables
+        picture, _ = coverage_picture(tables, coverage_of(tables))
+        return encode_png(picture)
 
 
 class RigStore:

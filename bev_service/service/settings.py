@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO = Path(__file__).resolve().parents[2]
+from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
+
 MIB = 1 << 20
 
 
@@ -19,14 +20,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    model: Path = REPO / "models" / "enet-pruned.pt"
+    model: Path = PRUNED_MODEL
     # auto: torch on CUDA when present, else ONNX Runtime on the .onnx beside the model when it exists, else torch on the CPU
     backend: str = "auto"
     device: str | None = None  # torch device for the torch backend (cpu, cuda, cuda:1)
     # On ONNX Runtime with a .pt model: serve the int8 graph beside it (<stem>-int8.onnx, from bev quantize) when it
     # was quantized from the .onnx there now, else the float .onnx (models/README.md: the same mIoU, 1.2x faster)
     int8: bool = True
-    rig: Path = REPO / "calibration" / "default_rig.yaml"  # served under its rig_id; the default rig of requests
+    rig: Path = DEFAULT_RIG  # served under its rig_id; the default rig of requests
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB

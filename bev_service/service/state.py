@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from bev_service.calib.rigfile import load_rig
 from bev_service.classes import palette
 from bev_service.errors import BevError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_label_png
-from bev_service.model.backends import Segmenter, load_segmenter
-from bev_service.model.quantize import file_sha256, int8_beside
-from bev_service.pipeline import BevPipeline
+from bev_service.runtime.int8 import file_sha256, int8_beside
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.segmenter import Segmenter, cuda_available, load_segmenter
+from bev_service.service.demo import DemoDrive
 from bev_service.service.engine import Engine
 from bev_service.service.metrics import Metrics
 from bev_service.service.rigs import RigStore
@@ -45,7 +46,7 @@ def resolve_model(settings: Settings) -> tuple[Path, str]:
         raise ModelError(f"model file {model} does not exist (train one with `make train`, or set BEV_MODEL)")
     onnx = model if model.suffix.lower() == ".onnx" else model.with_suffix(".onnx")
     if backend == "auto":
-        on_cuda = torch.cuda.is_available() and (settings.device or "cuda").startswith("cuda")
+        on_cuda = cuda_available() and (settings.device or "cuda").startswith("cuda")
         backend = "onnx" if model.suffix.lower() == ".onnx" or (not on_cuda and onnx.is_file()) else "torch"
     if backend == "onnx":
         if not onnx.is_file():
@@ -66,10 +67,29 @@ class ServiceState:
         self.engine: Engine | None = None
         self.model_info: dict[str, Any] = {}
         self.started_at = time.time()
+        self._demo: DemoDrive | None = None
         self._loader = threading.Thread(target=self._load, name="bev-load", daemon=True)
 
     def start(self) -> None:
         self._loader.start()
+
+    def default_camera_names(self) -> tuple[str, ...]:
+        """The cameras a frame set for the default rig has: the served rig once loaded (a stored rig may
+        have replaced the configured file), the configured file before that, none if it is unreadable."""
+        if self.store is not None:
+            return tuple(self.store.get(None).rig.camera_names)
+        try:
+            return tuple(load_rig(Path(self.settings.rig)).camera_names)
+        except (BevError, OSError) as exc:
+            log.debug("no camera names for the OpenAPI form: %s", exc)
+            return ()
+
+    def demo_drive(self) -> DemoDrive:
+        """The viewer's synthetic drive of the default rig, made on first use: most services never show it."""
+        if self._demo is None:
+            assert self.store is not None
+            self._demo = DemoDrive(self.store.get(None).rig, self.settings.demo_frames, scale=self.settings.demo_scale)
+        return self._demo
 
     def make_pipeline(self, rig: Rig) -> BevPipeline:
         assert self.segmenter is not None

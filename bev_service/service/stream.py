@@ -6,26 +6,26 @@ as binary messages and gets ``{"seq", "stamp", "grid": PNG bytes, "timing_ms", "
 one frame set is computed and one waits; a newer one replaces the waiting one and the replaced one
 is counted in ``dropped``: a client sending faster than the network gets fresh results, never a backlog.
 
+Error replies carry the same ``kind`` as the REST error for the same input (``service/errors.py``).
 Closes: 1003 for a text frame, 1007 for bytes that are not msgpack, 1008 for a missing or wrong
 token (``?token=`` or ``Authorization: Bearer``), 1009 for a message over the size limit, 1013 while
-the service is not ready.
+the service is not ready. The route is in ``routers/stream.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from fastapi import WebSocket
+from starlette.websockets import WebSocketState
 
 from bev_service.errors import BevError, FrameError
-from bev_service.service.engine import OverloadedError
+from bev_service.service.errors import CLOSE_INVALID, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, StreamClose, describe
 from bev_service.service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -41,22 +41,16 @@ class FrameSetMessage:
     rig: str | None
 
 
-class StreamClose(Exception):  # noqa: N818 (a close, not an error)
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
 def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, str]:
     """A frame set, or (seq if any, what is wrong) for a well-formed message of the wrong shape.
     Raises ``StreamClose`` for what is not a msgpack message at all."""
     if len(data) > max_bytes:
-        raise StreamClose(1009, f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+        raise StreamClose(CLOSE_TOO_BIG, f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         # TypeError: a map keyed by a map or an array (unhashable in Python)
-        raise StreamClose(1007, f"not a msgpack message: {type(exc).__name__}: {exc}"[:120]) from exc
+        raise StreamClose(CLOSE_INVALID, f"not a msgpack message: {type(exc).__name__}: {exc}"[:120]) from exc
     if not isinstance(obj, dict):
         return None, f"a frame set is a msgpack map with seq, stamp, images; got a {type(obj).__name__}"
     seq = obj.get("seq")
@@ -82,16 +76,6 @@ def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, s
     return FrameSetMessage(seq=seq, stamp=float(stamp) if stamp is not None else None, images=images, rig=rig)
 
 
-def _authorised(ws: WebSocket, token: str | None) -> bool:
-    if token is None:
-        return True
-    given = ws.query_params.get("token") or ""
-    header = ws.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        given = header[7:].strip()
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 class StreamSession:
     def __init__(self, ws: WebSocket, state: ServiceState) -> None:
         self.ws, self.state = ws, state
@@ -114,11 +98,12 @@ class StreamSession:
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("bytes") is None:
-                    raise StreamClose(1003, "text frames are not supported: send msgpack binary frames")
+                    raise StreamClose(CLOSE_UNSUPPORTED, "text frames are not supported: send msgpack binary frames")
                 parsed = parse_message(message["bytes"], limit)
                 if isinstance(parsed, tuple):
-                    self.state.metrics.bad_frames.labels(source="stream").inc()
-                    await self.send({"seq": parsed[0], "error": parsed[1]})
+                    # A message of the wrong shape is the stream's malformed frame set: REST's bad_frame.
+                    self.state.metrics.frame_set_refused("stream")
+                    await self.send(describe(FrameError(parsed[1])).stream_message(parsed[0]))
                     continue
                 if self.pending is not None:
                     self.dropped += 1
@@ -144,17 +129,12 @@ class StreamSession:
             try:
                 entry = store.get(job.rig)
                 result = await engine.infer(entry, job.images)
-            except OverloadedError as exc:
-                await self.send({"seq": job.seq, "error": f"overloaded: {exc}", "retry_after_s": exc.retry_after_s})
-                continue
             except BevError as exc:
                 if isinstance(exc, FrameError):
-                    metrics.bad_frames.labels(source="stream").inc()
-                await self.send({"seq": job.seq, "error": str(exc)})
+                    metrics.frame_set_refused("stream")
+                await self.send(describe(exc).stream_message(job.seq))
                 continue
-            metrics.frames.labels(source="stream").inc()
-            metrics.observe_stages(result.timings_ms)
-            metrics.request_latency.labels(source="stream").observe(time.perf_counter() - began)
+            metrics.frame_set_answered("stream", result.timings_ms, began)
             rows, cols = result.grid.shape
             await self.send(
                 {
@@ -168,42 +148,3 @@ class StreamSession:
                     "cols": cols,
                 }
             )
-
-
-def stream_router(state: ServiceState) -> APIRouter:
-    router = APIRouter()
-
-    @router.websocket("/v1/stream")
-    async def stream(ws: WebSocket) -> None:
-        await ws.accept()
-        if not _authorised(ws, state.settings.api_token):
-            await ws.close(1008, "a valid token is required (?token= or Authorization: Bearer)")
-            return
-        if not state.ready.is_set():
-            await ws.close(1013, f"not ready: {state.error or 'loading'}")
-            return
-        session = StreamSession(ws, state)
-        state.metrics.streams.inc()
-        receiver = asyncio.create_task(session.receive_loop())
-        computer = asyncio.create_task(session.compute_loop())
-        try:
-            await receiver
-        except StreamClose as close:
-            session.closed = True
-            await ws.close(close.code, close.reason)
-        except WebSocketDisconnect:
-            pass
-        except Exception:  # a bug must cost this connection, never the process
-            log.exception("stream connection failed")
-            if ws.application_state == WebSocketState.CONNECTED:
-                await ws.close(1011, "internal error")
-        finally:
-            session.closed = True
-            session.wake.set()
-            try:
-                await asyncio.wait_for(computer, timeout=30)
-            except (TimeoutError, WebSocketDisconnect, RuntimeError):
-                computer.cancel()
-            state.metrics.streams.dec()
-
-    return router

@@ -9,14 +9,14 @@ models, with exact per-pixel labels, the true BEV grid and the oracle BEV (see d
 from bev_service.synth.appearance import Appearance, sample_appearance
 from bev_service.synth.dataset import iter_frame_sets, read_frame_set, read_manifest, write_dataset, write_drive
 from bev_service.synth.drive import DriveFrame, DrivePlan, iter_drive
-from bev_service.synth.render import FrameSet, Renderer, render_frame_set, renderer_for
+from bev_service.synth.render import RenderedFrameSet, Renderer, render_frame_set, renderer_for
 from bev_service.synth.world import SyntheticWorld, VehiclePose, WorldConfig
 
 __all__ = [
     "Appearance",
     "DriveFrame",
     "DrivePlan",
-    "FrameSet",
+    "RenderedFrameSet",
     "Renderer",
     "SyntheticWorld",
     "VehiclePose",

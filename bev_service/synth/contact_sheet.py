@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bev_service.classes import CLASSES, EGO_COLOR, UNKNOWN_COLOR, colorize
-from bev_service.synth.render import FrameSet
+from bev_service.synth.render import RenderedFrameSet
 
 _HEADER_PX = 26
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -28,7 +28,7 @@ def _text(canvas: NDArray[np.uint8], text: str, x: int, y: int, scale: float = 0
     cv2.putText(canvas, text, (x, y), _FONT, scale, (235, 235, 235), 1, cv2.LINE_AA)
 
 
-def _band(frame_set: FrameSet, tile_hw: tuple[int, int], title: str) -> NDArray[np.uint8]:
+def _band(frame_set: RenderedFrameSet, tile_hw: tuple[int, int], title: str) -> NDArray[np.uint8]:
     th, tw = tile_hw
     n = len(frame_set.camera_names)
     bev = 2 * th
@@ -58,7 +58,7 @@ def _legend(width: int) -> NDArray[np.uint8]:
     return legend
 
 
-def contact_sheet(frame_sets: Sequence[FrameSet], *, tile_hw: tuple[int, int] = (160, 240)) -> NDArray[np.uint8]:
+def contact_sheet(frame_sets: Sequence[RenderedFrameSet], *, tile_hw: tuple[int, int] = (160, 240)) -> NDArray[np.uint8]:
     """(H, W, 3) RGB picture of the frame sets (all from one rig)."""
     if not frame_sets:
         raise ValueError("a contact sheet needs at least one frame set")

@@ -31,7 +31,7 @@ from bev_service.errors import FrameError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import read_image, read_labels, write_png
 from bev_service.synth.drive import DrivePlan, iter_drive
-from bev_service.synth.render import FrameSet, renderer_for
+from bev_service.synth.render import RenderedFrameSet, renderer_for
 from bev_service.synth.world import SyntheticWorld, WorldConfig
 
 MANIFEST = "manifest.json"
@@ -58,7 +58,7 @@ def iter_frame_sets(
     scale: float = 1.0,
     per_world: int = FRAME_SETS_PER_WORLD,
     config: WorldConfig | None = None,
-) -> Iterator[tuple[int, int, FrameSet]]:
+) -> Iterator[tuple[int, int, RenderedFrameSet]]:
     """(index, world seed, frame set) for ``count`` frame sets: a new world every ``per_world``
     frame sets, each frame set at a random pose, moment and appearance in it."""
     if count < 1:
@@ -78,7 +78,7 @@ def iter_frame_sets(
         yield index, w_seed, frame_set
 
 
-def write_frame_set(folder: Path, frame_set: FrameSet) -> dict[str, Any]:
+def write_frame_set(folder: Path, frame_set: RenderedFrameSet) -> dict[str, Any]:
     """The files of one frame set; returns their names per camera and for the grids."""
     folder.mkdir(parents=True, exist_ok=True)
     cameras: dict[str, dict[str, str]] = {}
@@ -92,7 +92,7 @@ def write_frame_set(folder: Path, frame_set: FrameSet) -> dict[str, Any]:
     return {"cameras": cameras, "bev_truth": "bev_truth.png", "bev_oracle": "bev_oracle.png"}
 
 
-def _entry(name: str, frame_set: FrameSet, files: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _entry(name: str, frame_set: RenderedFrameSet, files: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         **extra,

@@ -14,7 +14,7 @@ import numpy as np
 
 from bev_service.geometry.rig import Rig
 from bev_service.synth.appearance import sample_appearance
-from bev_service.synth.render import FrameSet, renderer_for
+from bev_service.synth.render import RenderedFrameSet, renderer_for
 from bev_service.synth.world import SyntheticWorld, VehiclePose
 
 MAX_SPEED_MPS = 60.0
@@ -49,7 +49,7 @@ class DrivePlan:
 class DriveFrame:
     index: int
     timestamp_s: float
-    frame_set: FrameSet
+    frame_set: RenderedFrameSet
 
 
 def iter_drive(

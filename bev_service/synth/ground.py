@@ -88,11 +88,6 @@ class GroundMap:
         """Class id of the ground at world points (..., 2)."""
         return np.asarray(self.labels.reshape(-1).take(self.cell_index(np.asarray(xy, dtype=np.float64))))
 
-    def colour_at(self, xy: FloatArray, level: int = 0) -> NDArray[np.uint8]:
-        """Albedo (..., 3) uint8 at world points, nearest cell of mip ``level``."""
-        packed = self.colour_mips[level].reshape(-1).take(self.cell_index(xy, level))
-        return packed.view(np.uint8).reshape(*packed.shape, 4)[..., :3]
-
     def colour_sampled(self, xy: FloatArray, level: int = 0, *, bilinear: bool = False) -> NDArray[np.uint8]:
         """Albedo (n, 3) uint8 at world points (n, 2) from mip ``level``: bilinear between cell
         centres, or the nearest cell (cv2.remap with the border repeated, as ``cell_index`` clamps)."""

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bev_service.classes import CLASS_IDS
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth.layout import Layout, Polyline, Road
 
 FloatArray = NDArray[np.float64]
@@ -66,9 +67,8 @@ class Primitive:
 
 def place(part: Primitive, x_m: float, y_m: float, yaw_rad: float) -> Primitive:
     """The part of an actor in the frame where the actor stands at (x_m, y_m) facing yaw_rad."""
-    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-    px, py, pz = part.centre
-    return replace(part, centre=(x_m + c * px - s * py, y_m + s * px + c * py, pz), yaw_rad=part.yaw_rad + yaw_rad)
+    x, y = apply_planar(rotation_z(yaw_rad), part.centre[:2], (x_m, y_m))
+    return replace(part, centre=(x, y, part.centre[2]), yaw_rad=part.yaw_rad + yaw_rad)
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,6 @@ class Actor:
 
     def pose_at(self, time_s: float) -> tuple[float, float, float]:
         return self.motion.pose_at(time_s) if self.motion is not None else (self.x_m, self.y_m, self.yaw_rad)
-
-    def primitives_at(self, time_s: float) -> list[Primitive]:
-        x, y, yaw = self.pose_at(time_s)
-        return [place(p, x, y, yaw) for p in self.parts]
 
 
 # --- actor builders --------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 centre): slab test for boxes, quadratic for vertical cylinders and cones (frusta) and spheres.
 
 ``ray_distance`` returns the distance along unit rays to the first surface in front of the origin
-(inf where the ray misses); ``surface_normal`` and ``to_local`` serve shading afterwards. The
-origin is assumed outside every primitive (the renderer drops actors that overlap the vehicle).
+(inf where the ray misses); ``surface_normal``, ``primitive_from_parent`` and
+``parent_from_primitive_dirs`` serve shading afterwards. The origin is assumed outside every
+primitive (the renderer drops actors that overlap the vehicle).
 """
 
 from __future__ import annotations
@@ -11,28 +12,28 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth.objects import Primitive
 
 FloatArray = NDArray[np.float64]
 EPS = 1e-4
 
 
-def to_local(prim: Primitive, points: FloatArray) -> FloatArray:
-    """Points (..., 3) in the primitive's frame: origin at its ``centre``, x along its yaw."""
-    c, s = np.cos(prim.yaw_rad), np.sin(prim.yaw_rad)
-    d = np.asarray(points, dtype=np.float64) - np.asarray(prim.centre)
-    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1], d[..., 2]], axis=-1)
+def primitive_from_parent(prim: Primitive, points: FloatArray) -> FloatArray:
+    """Points (..., 3) from the frame the primitive's ``centre`` is given in (its parent) to the
+    primitive's frame: origin at its ``centre``, x along its yaw."""
+    primitive_from_parent_rotation = rotation_z(prim.yaw_rad).T
+    return apply_planar(primitive_from_parent_rotation, np.asarray(points, dtype=np.float64) - np.asarray(prim.centre))
 
 
-def _local_dirs(prim: Primitive, dirs: NDArray[np.floating]) -> NDArray[np.floating]:
-    c, s = np.cos(prim.yaw_rad), np.sin(prim.yaw_rad)
-    return np.stack([c * dirs[..., 0] + s * dirs[..., 1], -s * dirs[..., 0] + c * dirs[..., 1], dirs[..., 2]], axis=-1)
+def _primitive_from_parent_dirs(prim: Primitive, dirs: NDArray[np.floating]) -> NDArray[np.floating]:
+    return apply_planar(rotation_z(prim.yaw_rad).T, dirs)
 
 
 def ray_distance(prim: Primitive, origin: FloatArray, dirs: NDArray[np.floating]) -> NDArray[np.float32]:
     """Distance (...) along rays ``origin + t dirs`` (dirs (..., 3), unit) to ``prim``; inf on a miss."""
     if prim.shape == "box":
-        t = _box(to_local(prim, origin), _local_dirs(prim, dirs), np.asarray(prim.size))
+        t = _box(primitive_from_parent(prim, origin), _primitive_from_parent_dirs(prim, dirs), np.asarray(prim.size))
     elif prim.shape == "frustum":  # symmetric about the vertical axis: only the origin moves
         t = _frustum(np.asarray(origin) - prim.centre, dirs.astype(np.float64), *prim.size)
     elif prim.shape == "sphere":
@@ -108,8 +109,6 @@ def surface_normal(prim: Primitive, local: FloatArray) -> FloatArray:
     return local / np.maximum(np.linalg.norm(local, axis=-1, keepdims=True), 1e-9)
 
 
-def rotate_to_parent(prim: Primitive, vectors: FloatArray) -> FloatArray:
+def parent_from_primitive_dirs(prim: Primitive, vectors: FloatArray) -> FloatArray:
     """Directions (..., 3) from the primitive's frame to the frame its ``centre`` is given in."""
-    c, s = np.cos(prim.yaw_rad), np.sin(prim.yaw_rad)
-    x, y = vectors[..., 0], vectors[..., 1]
-    return np.stack([c * x - s * y, s * x + c * y, vectors[..., 2]], axis=-1)
+    return apply_planar(rotation_z(prim.yaw_rad), vectors)

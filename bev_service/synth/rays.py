@@ -18,8 +18,9 @@ from numpy.typing import NDArray
 
 from bev_service.errors import CalibrationError
 from bev_service.geometry.rig import Camera, Rig
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth import objects as obj
-from bev_service.synth.raycast import ray_distance, to_local
+from bev_service.synth.raycast import primitive_from_parent, ray_distance
 
 FloatArray = NDArray[np.float64]
 TILE = 16
@@ -117,7 +118,7 @@ def ego_parts(rig: Rig, colour: obj.Colour = (128.0, 128.0, 128.0)) -> tuple[obj
         assert cam.vehicle_from_camera is not None
         origin = cam.vehicle_from_camera[:3, 3]
         for part in parts:
-            if (np.abs(to_local(part, origin)) < np.asarray(part.size)).all():
+            if (np.abs(primitive_from_parent(part, origin)) < np.asarray(part.size)).all():
                 log.warning("camera %r sits inside the vehicle body model: rendering without the body", cam.name)
                 return ()
     return parts
@@ -214,12 +215,4 @@ def _edge_falloff(rays_cam: FloatArray, valid: NDArray[np.bool_]) -> NDArray[np.
 
 def camera_origin_world(rays: CameraRays, pose_xy: FloatArray, yaw_rad: float) -> FloatArray:
     """The camera centre in the world frame for a vehicle at ``pose_xy`` heading ``yaw_rad``."""
-    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-    x, y, z = rays.origin
-    return np.array([pose_xy[0] + c * x - s * y, pose_xy[1] + s * x + c * y, z])
-
-
-def vehicle_points(rays: CameraRays, index: NDArray[np.intp], t: NDArray[np.float32]) -> FloatArray:
-    """Vehicle-frame points at distance ``t`` along the rays ``index``."""
-    d = rays.dirs.reshape(-1, 3)[index].astype(np.float64)
-    return rays.origin + t.astype(np.float64)[:, None] * d
+    return apply_planar(rotation_z(yaw_rad), rays.origin, pose_xy)

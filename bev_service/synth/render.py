@@ -22,13 +22,14 @@ from numpy.typing import NDArray
 
 from bev_service.errors import CalibrationError
 from bev_service.geometry.grid import EGO
+from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
 from bev_service.geometry.tables import NO_CAMERA, check_input_size
-from bev_service.projector import BevProjector
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth import appearance as ap
 from bev_service.synth import shading
 from bev_service.synth.objects import Primitive
-from bev_service.synth.raycast import ray_distance, rotate_to_parent, surface_normal, to_local
+from bev_service.synth.raycast import parent_from_primitive_dirs, primitive_from_parent, ray_distance, surface_normal
 from bev_service.synth.rays import SKY, SKYLINE, CameraRays, build_camera_rays, camera_origin_world, ego_parts
 from bev_service.synth.world import PlacedActor, Skyline, SyntheticWorld, VehiclePose
 
@@ -38,7 +39,7 @@ ACTOR_RADIUS_M = 60.0
 
 
 @dataclass(frozen=True)
-class FrameSet:
+class RenderedFrameSet:
     """One synchronised frame set and its truth. Images and labels are keyed by camera name in rig order."""
 
     camera_names: tuple[str, ...]
@@ -98,7 +99,7 @@ class Renderer:
         time_s: float = 0.0,
         appearance: ap.Appearance | None = None,
         seed: int = 0,
-    ) -> FrameSet:
+    ) -> RenderedFrameSet:
         """The frame set seen from ``pose`` at ``time_s``; ``seed`` draws the appearance (unless
         given) and the sensor noise."""
         clock = _Clock()
@@ -123,7 +124,7 @@ class Renderer:
         truth = self.bev_truth(world, pose, actors)
         clock.lap("bev")
         self.last_timings_s = dict(clock.laps)
-        return FrameSet(
+        return RenderedFrameSet(
             camera_names=names,
             images=images,
             jpeg=jpeg,
@@ -262,10 +263,10 @@ class Renderer:
             index = order[a:b]
             prim = scene[int(k)]
             points = cam.origin + t[index].astype(np.float64)[:, None] * dirs[index].astype(np.float64)
-            local = to_local(prim, points)
-            normal_local = surface_normal(prim, local)
-            normal = rotate_to_parent(prim, normal_local)
-            albedo = shading.surface_albedo(prim, local, normal_local)
+            points_prim = primitive_from_parent(prim, points)
+            normal_prim = surface_normal(prim, points_prim)
+            normal = parent_from_primitive_dirs(prim, normal_prim)
+            albedo = shading.surface_albedo(prim, points_prim, normal_prim)
             light = app.ambient * (0.75 + 0.25 * normal[:, 2]) + app.sun_strength * np.maximum(normal @ sun, 0.0)
             radiance[index] = albedo * light[:, None].astype(np.float32)
             labels[index] = prim.class_id
@@ -275,7 +276,7 @@ class Renderer:
         sky = world.skyline
         index = cam.far
         origin = camera_origin_world(cam, np.array([pose.x_m, pose.y_m]), pose.yaw_rad)
-        d = _world_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
+        d = _world_from_vehicle_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
         qa = d[:, 0] ** 2 + d[:, 1] ** 2
         qb = 2 * (origin[0] * d[:, 0] + origin[1] * d[:, 1])
         qc = origin[0] ** 2 + origin[1] ** 2 - sky.radius_m**2  # < 0: the camera is inside the circle
@@ -302,7 +303,7 @@ class Renderer:
         if index.size == 0:
             return
         origin = camera_origin_world(cam, np.array([pose.x_m, pose.y_m]), pose.yaw_rad)
-        d = _world_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
+        d = _world_from_vehicle_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
         p = origin + t[index].astype(np.float64)[:, None] * d
         bins = _skyline_bins(world.skyline, p[:, 0], p[:, 1])
         arc = np.arctan2(p[:, 1], p[:, 0]) * world.skyline.radius_m
@@ -313,15 +314,14 @@ class Renderer:
         radiance[index] = albedo * light[:, None].astype(np.float32)
 
     def _sky(self, cam: CameraRays, pose: VehiclePose, app: ap.Appearance, index: NDArray[np.intp]) -> F32:
-        d = _world_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
+        d = _world_from_vehicle_dirs(cam.dirs.reshape(-1, 3)[index].astype(np.float64), pose.yaw_rad)
         up = np.maximum(d[:, 2], 0.03)
         cloud_xy = d[:, :2] / up[:, None] * 1500.0 + np.array([pose.x_m, pose.y_m])
         return ap.sky_colour(app, d[:, 2].astype(np.float32), self.details.clouds_at(cloud_xy))
 
 
-def _world_dirs(d: FloatArray, yaw_rad: float) -> FloatArray:
-    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-    return np.stack([c * d[:, 0] - s * d[:, 1], s * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
+def _world_from_vehicle_dirs(d: FloatArray, yaw_rad: float) -> FloatArray:
+    return apply_planar(rotation_z(yaw_rad), d)
 
 
 def _skyline_bins(sky: Skyline, x: FloatArray, y: FloatArray) -> NDArray[np.intp]:
@@ -336,8 +336,9 @@ def footprint_contains(placed: PlacedActor, xy: FloatArray) -> NDArray[np.bool_]
     dx, dy = xy[..., 0] - placed.x_m, xy[..., 1] - placed.y_m
     if f.circle:
         return np.asarray(dx * dx + dy * dy <= f.half_x_m**2)
-    c, s = np.cos(placed.yaw_rad), np.sin(placed.yaw_rad)
-    return np.asarray((np.abs(c * dx + s * dy) <= f.half_x_m) & (np.abs(-s * dx + c * dy) <= f.half_y_m))
+    actor_from_vehicle = rotation_z(placed.yaw_rad).T
+    xy_actor = apply_planar(actor_from_vehicle, np.stack([dx, dy], axis=-1))
+    return np.asarray((np.abs(xy_actor[..., 0]) <= f.half_x_m) & (np.abs(xy_actor[..., 1]) <= f.half_y_m))
 
 
 class _Clock:
@@ -382,9 +383,9 @@ def render_frame_set(
     scale: float = 1.0,
     appearance: ap.Appearance | None = None,
     seed: int = 0,
-) -> FrameSet:
+) -> RenderedFrameSet:
     """Render one frame set (see ``Renderer.render``) with a cached renderer for the rig and scale."""
     return renderer_for(rig, scale).render(world, pose, time_s=time_s, appearance=appearance, seed=seed)
 
 
-__all__ = ["FrameSet", "Renderer", "footprint_contains", "render_frame_set", "renderer_for"]
+__all__ = ["RenderedFrameSet", "Renderer", "footprint_contains", "render_frame_set", "renderer_for"]

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth.objects import Primitive
 from bev_service.synth.textures import value_noise
 from bev_service.synth.world import Skyline
@@ -53,18 +54,17 @@ def _car_lights(colour: F32, prim: Primitive, local: FloatArray, normal: FloatAr
 
 def _silhouette(prim: Primitive) -> FloatArray:
     """(m, 3) points whose convex hull holds the primitive, in the frame its centre is given in."""
-    c, s = np.cos(prim.yaw_rad), np.sin(prim.yaw_rad)
     if prim.shape == "frustum":
         r0, r1, h = prim.size
         a = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         ring = np.stack([np.cos(a), np.sin(a)], axis=1)
-        local = np.vstack([np.c_[ring * r0, np.zeros(12)], np.c_[ring * r1, np.full(12, h)]])
+        points_prim = np.vstack([np.c_[ring * r0, np.zeros(12)], np.c_[ring * r1, np.full(12, h)]])
     else:
         half = np.asarray(prim.size) if prim.shape == "box" else np.full(3, prim.size[0])
         signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
-        local = signs * half
-    world = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], axis=1)
-    return world + np.asarray(prim.centre)
+        points_prim = signs * half
+    parent_from_prim = rotation_z(prim.yaw_rad)
+    return apply_planar(parent_from_prim, points_prim) + np.asarray(prim.centre)
 
 
 def shadow_map(prims: list[Primitive], sun: FloatArray, softness_m: float) -> F32:

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bev_service.geometry.grid import EgoBox
+from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth import objects as obj
 from bev_service.synth.ground import GroundMap, build_ground
 from bev_service.synth.layout import Layout, Polyline, Section, generate_layout
@@ -47,14 +48,12 @@ class VehiclePose:
 
     def world_from_vehicle_xy(self, xy: FloatArray) -> FloatArray:
         """Ground points (..., 2) from the vehicle frame to the world frame."""
-        c, s = np.cos(self.yaw_rad), np.sin(self.yaw_rad)
-        x, y = xy[..., 0], xy[..., 1]
-        return np.stack([self.x_m + c * x - s * y, self.y_m + s * x + c * y], axis=-1)
+        return apply_planar(rotation_z(self.yaw_rad), xy, (self.x_m, self.y_m))
 
     def vehicle_from_world_xy(self, xy: FloatArray) -> FloatArray:
-        c, s = np.cos(self.yaw_rad), np.sin(self.yaw_rad)
-        dx, dy = xy[..., 0] - self.x_m, xy[..., 1] - self.y_m
-        return np.stack([c * dx + s * dy, -s * dx + c * dy], axis=-1)
+        """Ground points (..., 2) from the world frame to the vehicle frame."""
+        vehicle_from_world = rotation_z(self.yaw_rad).T
+        return apply_planar(vehicle_from_world, xy - np.array([self.x_m, self.y_m]))
 
     def as_dict(self) -> dict[str, float]:
         return {"x_m": round(self.x_m, 6), "y_m": round(self.y_m, 6), "yaw_deg": round(float(np.rad2deg(self.yaw_rad)), 6)}
@@ -183,8 +182,8 @@ def _overlaps_box(placed: PlacedActor, box: EgoBox, margin_m: float) -> bool:
     if f.circle:
         nearest = np.clip([placed.x_m, placed.y_m], [x0, y0], [x1, y1])
         return bool(np.hypot(placed.x_m - nearest[0], placed.y_m - nearest[1]) < f.half_x_m)
-    c, s = np.cos(placed.yaw_rad), np.sin(placed.yaw_rad)
-    u, v = np.array([c, s]), np.array([-s, c])
+    vehicle_from_actor = rotation_z(placed.yaw_rad)
+    u, v = vehicle_from_actor[:, 0], vehicle_from_actor[:, 1]
     corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
     own = np.array([placed.x_m, placed.y_m]) + np.array(
         [[a * f.half_x_m, b * f.half_y_m] for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1))]

@@ -8,6 +8,7 @@ import pytest
 from bev_service.geometry.transforms import (
     VEHICLE_FROM_FORWARD_CAMERA_ROTATION,
     apply_homography,
+    apply_planar,
     apply_rigid,
     check_rotation,
     fit_homography,
@@ -16,6 +17,7 @@ from bev_service.geometry.transforms import (
     rigid,
     rotation_about,
     rotation_from_quaternion,
+    rotation_z,
     vehicle_from_camera_mount,
 )
 
@@ -110,3 +112,33 @@ class TestHomography:
             fit_homography([[0, 0], [1, 1], [2, 2], [5, 0]], [[0, 0], [1, 1], [2, 2], [5, 0]])
         with pytest.raises(ValueError, match="N >= 4"):
             fit_homography([[0, 0], [1, 1], [2, 2]], [[0, 0], [1, 1], [2, 2]])
+
+
+class TestPlanar:
+    def test_rotation_z_matches_rotation_about_z_and_vectorises(self) -> None:
+        yaws = np.array([0.0, 0.3, -2.0, np.pi])
+        stacked = rotation_z(yaws)
+        assert stacked.shape == (4, 2, 2)
+        for yaw, r in zip(yaws, stacked, strict=True):
+            np.testing.assert_array_equal(r, rotation_about("z", yaw)[:2, :2])
+
+    def test_apply_planar_is_the_hand_written_form_bit_for_bit(self) -> None:
+        rng = np.random.default_rng(0)
+        points = rng.normal(size=(50, 3)) * 20
+        yaw, tx, ty = 0.7, 3.5, -1.25
+        c, s = np.cos(yaw), np.sin(yaw)
+        x, y = points[:, 0], points[:, 1]
+        world_from_actor = rotation_z(yaw)
+        moved = apply_planar(world_from_actor, points, (tx, ty))
+        np.testing.assert_array_equal(moved, np.stack([tx + c * x - s * y, ty + s * x + c * y, points[:, 2]], axis=1))
+        actor_from_world = world_from_actor.T
+        back = apply_planar(actor_from_world, points[:, :2])
+        np.testing.assert_array_equal(back, np.stack([c * x + s * y, -s * x + c * y], axis=1))
+        np.testing.assert_allclose(apply_planar(actor_from_world, moved[:, :2] - (tx, ty)), points[:, :2], atol=1e-12)
+
+    def test_apply_planar_agrees_with_apply_rigid(self) -> None:
+        points = np.array([[1.0, 2.0, 3.0], [-4.0, 0.5, 0.0]])
+        world_from_actor = rigid(rotation_about("z", 1.1), [2.0, -3.0, 0.0])
+        np.testing.assert_allclose(
+            apply_planar(rotation_z(1.1), points, (2.0, -3.0)), apply_rigid(world_from_actor, points), atol=1e-12
+        )

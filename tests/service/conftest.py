@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 from bev_service.geometry.rig import Rig
-from bev_service.model.config import ModelConfig
-from bev_service.model.weights import save_model
+from bev_service.runtime.model_config import ModelConfig
+from bev_service.runtime.weights import save_model
 from bev_service.service.settings import Settings
-from bev_service.synth import FrameSet, SyntheticWorld, render_frame_set
+from bev_service.synth import RenderedFrameSet, SyntheticWorld, render_frame_set
 from tests.conftest import DEFAULT_RIG
 from tests.live_server import LiveServer, running_server
-from tests.model.conftest import tiny_model
+from tests.networks import tiny_model
 
 FRAME_SCALE = 0.5  # 960x640 calibrated -> 480x320 sent
 FRAME_SIZE_HW = (320, 480)
@@ -107,7 +107,7 @@ def default_rig(rig: Rig) -> Rig:
     return rig
 
 
-def render_frame_sets(rig: Rig, count: int, *, world_seed: int = 3) -> list[FrameSet]:
+def render_frame_sets(rig: Rig, count: int, *, world_seed: int = 3) -> list[RenderedFrameSet]:
     """``count`` frame sets at distinct poses of one world, at half the rig's image size."""
     world = SyntheticWorld(world_seed)
     rng = np.random.default_rng(world_seed)
@@ -115,13 +115,13 @@ def render_frame_sets(rig: Rig, count: int, *, world_seed: int = 3) -> list[Fram
 
 
 @pytest.fixture(scope="session")
-def frame_sets(default_rig: Rig) -> list[FrameSet]:
+def frame_sets(default_rig: Rig) -> list[RenderedFrameSet]:
     """Two rendered frame sets of the default rig (the renderer's ray tables take seconds: once per session)."""
     return render_frame_sets(default_rig, 2)
 
 
 @pytest.fixture(scope="session")
-def frame_set(frame_sets: list[FrameSet]) -> FrameSet:
+def frame_set(frame_sets: list[RenderedFrameSet]) -> RenderedFrameSet:
     return frame_sets[0]
 
 
@@ -138,12 +138,12 @@ def as_files(parts: Mapping[str, bytes], suffix: str = "jpg", media_type: str = 
 
 
 @pytest.fixture(scope="session")
-def image_files(frame_set: FrameSet) -> Files:
+def image_files(frame_set: RenderedFrameSet) -> Files:
     """The frame set's JPEGs as a multipart form."""
     return as_files(frame_set.jpeg)
 
 
 @pytest.fixture(scope="session")
-def label_files(frame_set: FrameSet) -> Files:
+def label_files(frame_set: RenderedFrameSet) -> Files:
     """The frame set's true per-camera label maps as PNGs in a multipart form (for labels=true)."""
     return as_files({name: label_png(frame_set.labels[name]) for name in frame_set.camera_names}, "png", "image/png")

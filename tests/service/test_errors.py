@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from bev_service.synth import FrameSet
+from bev_service.synth import RenderedFrameSet
 from tests.service.conftest import Files, LiveServer, as_files
 
 MIB = 1 << 20
@@ -133,12 +133,12 @@ class BadForm:
     kind: str = "bad_frame"
     words: tuple[str, ...] = ()
 
-    def files(self, frame_set: FrameSet) -> Files:
+    def files(self, frame_set: RenderedFrameSet) -> Files:
         parts = {**{n: d for n, d in frame_set.jpeg.items() if n not in self.drop}, **self.replace}
         return as_files(parts)
 
 
-def bad_forms(frame_set: FrameSet) -> dict[str, BadForm]:
+def bad_forms(frame_set: RenderedFrameSet) -> dict[str, BadForm]:
     front = frame_set.jpeg["front"]
     image = frame_set.images["front"]
     return {
@@ -185,13 +185,13 @@ def check_error(reply: httpx.Response, status: int, kind: str, *words: str) -> N
 
 
 @pytest.fixture(scope="module")
-def forms(frame_set: FrameSet) -> dict[str, BadForm]:
+def forms(frame_set: RenderedFrameSet) -> dict[str, BadForm]:
     return bad_forms(frame_set)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_frame_set(
-    case: str, forms: dict[str, BadForm], limited: LiveServer, frame_set: FrameSet, image_files: Files
+    case: str, forms: dict[str, BadForm], limited: LiveServer, frame_set: RenderedFrameSet, image_files: Files
 ) -> None:
     bad = forms[case]
     assert sorted(forms) == sorted(c if isinstance(c, str) else c.values[0] for c in CASES)
@@ -204,7 +204,7 @@ def test_bad_frame_set(
         assert elapsed < 5, f"a bomb is refused from its header, not after decoding ({elapsed:.1f} s)"
 
 
-def test_a_camera_twice_and_a_text_field(limited: LiveServer, frame_set: FrameSet, image_files: Files) -> None:
+def test_a_camera_twice_and_a_text_field(limited: LiveServer, frame_set: RenderedFrameSet, image_files: Files) -> None:
     with good_client_beside(limited, image_files):
         twice = [*as_files(frame_set.jpeg).items(), ("front", ("front.jpg", frame_set.jpeg["front"], "image/jpeg"))]
         check_error(httpx.post(limited.url("/v1/bev"), files=twice), 422, "bad_frame", "'front'", "twice")
@@ -272,7 +272,7 @@ def test_oversized_rig_put(how: str, limited: LiveServer, image_files: Files) ->
     assert not (limited.settings.rigs_dir / "big.yaml").exists()
 
 
-def test_oversized_frame_set_of_real_images(limited: LiveServer, frame_set: FrameSet, image_files: Files) -> None:
+def test_oversized_frame_set_of_real_images(limited: LiveServer, frame_set: RenderedFrameSet, image_files: Files) -> None:
     """A well-formed multipart form over the limit (each camera's JPEG padded after its end marker)."""
     padded = {n: d + b"\0" * (BODY_LIMIT // 3) for n, d in frame_set.jpeg.items()}
     with good_client_beside(limited, image_files):
@@ -318,7 +318,7 @@ def test_bad_stream_message_closes_with_a_reason(
 
 
 def test_malformed_frame_sets_get_error_replies_and_the_stream_goes_on(
-    limited: LiveServer, frame_set: FrameSet, image_files: Files
+    limited: LiveServer, frame_set: RenderedFrameSet, image_files: Files
 ) -> None:
     images = frame_set.jpeg
     truncated = {**images, "front": images["front"][:1000]}
@@ -406,7 +406,7 @@ def test_every_v1_route_needs_the_token(guarded: LiveServer, image_files: Files)
             assert client.get(open_path).status_code == 200, open_path
 
 
-def test_the_stream_needs_the_token(guarded: LiveServer, frame_set: FrameSet) -> None:
+def test_the_stream_needs_the_token(guarded: LiveServer, frame_set: RenderedFrameSet) -> None:
     (route,) = [r for r in all_routes(guarded.app.routes) if isinstance(r, APIWebSocketRoute)]
     assert route.path == "/v1/stream"
     for url, headers in (

@@ -23,17 +23,17 @@ from PIL import Image
 from bev_service.calib.rigfile import rig_from_yaml
 from bev_service.classes import CLASSES, NUM_CLASSES, palette
 from bev_service.geometry.grid import EGO, UNKNOWN
+from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.model.backends import TorchSegmenter
-from bev_service.model.evaluate import Confusion, seen_cells
-from bev_service.pipeline import BevPipeline
-from bev_service.projector import BevProjector
-from bev_service.synth import FrameSet
-from tests.conftest import REPO
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.torch_backend import TorchSegmenter
+from bev_service.shipped import PRUNED_MODEL
+from bev_service.synth import RenderedFrameSet
+from bev_service.training.evaluate import Confusion, seen_cells
 from tests.service.conftest import FRAME_SIZE_HW, Files, LiveServer, running_server
 
 # The shipped network; BEV_TEST_SHIPPED_MODEL points the end-to-end test at another candidate.
-SHIPPED_MODEL = Path(os.environ.get("BEV_TEST_SHIPPED_MODEL", REPO / "models" / "enet-pruned.pt"))
+SHIPPED_MODEL = Path(os.environ.get("BEV_TEST_SHIPPED_MODEL", PRUNED_MODEL))
 SHIPPED_GROUND_MIOU_FLOOR = 0.5
 
 
@@ -54,7 +54,7 @@ def json_grid(reply: httpx.Response) -> np.ndarray:
     return png_ids(base64.b64decode(reply.json()["grid"]["png_base64"]))
 
 
-def test_frame_set_is_half_the_calibrated_size(frame_set: FrameSet, default_rig: Rig) -> None:
+def test_frame_set_is_half_the_calibrated_size(frame_set: RenderedFrameSet, default_rig: Rig) -> None:
     """The frames sent below are 480x320: smaller than the rig's 960x640 by a whole factor."""
     for camera in default_rig.cameras:
         with Image.open(io.BytesIO(frame_set.jpeg[camera.name])) as image:
@@ -109,7 +109,7 @@ def test_grid_palette_is_the_class_table(server: LiveServer, image_files: Files)
 
 
 def test_grid_equals_the_in_process_pipeline(
-    server: LiveServer, frame_set: FrameSet, image_files: Files, default_rig: Rig, tiny_weights: Path
+    server: LiveServer, frame_set: RenderedFrameSet, image_files: Files, default_rig: Rig, tiny_weights: Path
 ) -> None:
     """The service adds transport, not arithmetic: same model, same rig, same frames, the same grid;
     cells no camera sees are UNKNOWN, the footprint EGO, every other cell a class."""
@@ -127,7 +127,7 @@ def test_grid_equals_the_in_process_pipeline(
 
 
 def test_fusion_only_reproduces_the_oracle(
-    make_server: Callable[..., LiveServer], wide_weights_file: Path, frame_set: FrameSet, label_files: Files
+    make_server: Callable[..., LiveServer], wide_weights_file: Path, frame_set: RenderedFrameSet, label_files: Files
 ) -> None:
     """labels=true: the true per-camera label maps warped and fused by the service equal the synthetic
     world's oracle BEV (the same warp of the same labels at the same resolution) on every cell. The
@@ -145,7 +145,9 @@ def test_fusion_only_reproduces_the_oracle(
     np.testing.assert_array_equal(grid, frame_set.bev_oracle)
 
 
-def test_fusion_only_at_network_resolution_tracks_the_oracle(server: LiveServer, frame_set: FrameSet, label_files: Files) -> None:
+def test_fusion_only_at_network_resolution_tracks_the_oracle(
+    server: LiveServer, frame_set: RenderedFrameSet, label_files: Files
+) -> None:
     """With the tiny network's 64x96 input the label maps are resampled (nearest) before the warp, so
     thin classes lose cells; the bulk still matches the oracle."""
     grid = json_grid(post_bev(server.base_url, label_files, data={"labels": "true"}))
@@ -256,7 +258,7 @@ def ground_class_miou(conf: Confusion) -> float:
 
 
 @pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason=f"{SHIPPED_MODEL} is not trained yet (make train)")
-def test_shipped_model_end_to_end(settings_for: Callable[..., Any], frame_sets: list[FrameSet], default_rig: Rig) -> None:
+def test_shipped_model_end_to_end(settings_for: Callable[..., Any], frame_sets: list[RenderedFrameSet], default_rig: Rig) -> None:
     """The shipped network behind the service: rendered frame sets in, grids whose BEV mIoU against the
     world's true BEV (seen cells, ground classes) is above the floor."""
     with running_server(settings_for(model=SHIPPED_MODEL, backend="auto")) as live:

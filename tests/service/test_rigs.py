@@ -24,9 +24,9 @@ from bev_service.calib.rigfile import load_rig, rig_from_yaml
 from bev_service.geometry.grid import EGO
 from bev_service.geometry.rig import Rig
 from bev_service.geometry.transforms import quaternion_from_rotation, vehicle_from_camera_mount
-from bev_service.model.backends import TorchSegmenter
-from bev_service.pipeline import BevPipeline
-from bev_service.synth import FrameSet
+from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.torch_backend import TorchSegmenter
+from bev_service.synth import RenderedFrameSet
 from tests.conftest import DEFAULT_RIG
 from tests.service.conftest import Files, LiveServer, as_files, label_png, running_server
 
@@ -266,7 +266,7 @@ class LoadThread:
 def test_rig_swap_under_load_answers_each_request_with_one_rig(
     make_server: Callable[..., LiveServer],
     settings_for: Callable[..., Any],
-    frame_set: FrameSet,
+    frame_set: RenderedFrameSet,
     image_files: Files,
     tiny_weights: Path,
 ) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
 from bev_service.geometry.rig import Rig
-from bev_service.synth import FrameSet
+from bev_service.synth import RenderedFrameSet
 from tests.service.conftest import Files, LiveServer
 
 FAST_SEND_S = 3.0
@@ -54,7 +54,7 @@ def grid_of(reply: dict[str, Any]) -> np.ndarray:
 
 
 def test_replies_carry_seq_and_stamp_in_order(
-    server: LiveServer, frame_set: FrameSet, image_files: Files, default_rig: Rig
+    server: LiveServer, frame_set: RenderedFrameSet, image_files: Files, default_rig: Rig
 ) -> None:
     rest = httpx.post(server.url("/v1/bev"), files=image_files, params={"format": "raw"}, timeout=60)
     rest_grid = np.frombuffer(rest.content, np.uint8).reshape(default_rig.grid.shape)
@@ -72,7 +72,7 @@ def test_replies_carry_seq_and_stamp_in_order(
         assert receive(ws)["stamp"] is None, "a frame set without a stamp gets none back"
 
 
-def test_back_to_back_frame_sets_come_back_in_order(server: LiveServer, frame_set: FrameSet) -> None:
+def test_back_to_back_frame_sets_come_back_in_order(server: LiveServer, frame_set: RenderedFrameSet) -> None:
     """Sent without waiting: every answered seq is one that was sent, in increasing order, and answered
     plus dropped is all that was sent (the last one is always answered: it is the newest)."""
     sent = list(range(100, 106))
@@ -101,7 +101,7 @@ def service_time_s(ws: ClientConnection, images: dict[str, bytes], count: int = 
     return statistics.median(times[1:])
 
 
-def test_twice_too_fast_sender_gets_drops_not_a_backlog(server: LiveServer, frame_set: FrameSet) -> None:
+def test_twice_too_fast_sender_gets_drops_not_a_backlog(server: LiveServer, frame_set: RenderedFrameSet) -> None:
     process = psutil.Process()
     with stream(server) as ws:
         per_frame_s = service_time_s(ws, frame_set.jpeg)

@@ -4,6 +4,7 @@ logs no error. The screenshot lands in build/artifacts/viewer.png for people to 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,12 +15,15 @@ import msgpack
 import pytest
 import yaml
 
-from bev_service.model.weights import save_model
+import bev_service.service
+from bev_service.runtime.weights import save_model
 from bev_service.service.settings import Settings
 from tests.conftest import DEFAULT_RIG, REPO
 from tests.live_server import running_server
-from tests.model.conftest import TINY, tiny_model
+from tests.networks import TINY, tiny_model
 
+BACKGROUND, UNKNOWN = 0, 255
+VIEWER_DIR = Path(bev_service.service.__file__).resolve().parent / "viewer"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "build" / "artifacts"
@@ -128,6 +132,21 @@ def grid_shape(rig_path: Path) -> tuple[int, int]:
     return round((x1 - x0) / cell), round((y1 - y0) / cell)
 
 
+LEGEND_SWATCHES = """
+const out = {};
+for (const swatch of document.querySelectorAll('#legend .swatch')) {
+  const style = getComputedStyle(swatch);
+  out[swatch.dataset.id] = {colour: style.backgroundColor, image: style.backgroundImage};
+}
+return out;
+"""
+
+
+def legend_swatches(driver: Any) -> dict[str, dict[str, str]]:
+    """{class id: {"colour", "image"}}: the computed backgrounds of the legend's swatches."""
+    return dict(driver.execute_script(LEGEND_SWATCHES))
+
+
 def frame_count(driver: Any) -> int:
     return int(text_of(driver, "frame-count"))
 
@@ -155,11 +174,71 @@ def test_page_and_assets_are_served(server: str) -> None:
         reply = httpx.get(f"{server}/viewer/{asset}")
         assert reply.status_code == 200 and kind in reply.headers["content-type"], (asset, reply.headers)
     assert "http://" not in page.text and "https://" not in page.text, "the page must fetch nothing from outside"
+    assert "//" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', page.text)), "no protocol-relative URL either"
+    # @msgpack/msgpack's browser bundle, shipped as package data with its licence and served by the service
+    assert '<script src="viewer/vendor/msgpack.min.js"' in page.text
+    bundle = httpx.get(f"{server}/viewer/vendor/msgpack.min.js")
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"]
+    assert "MessagePack" in bundle.text
+    licence = httpx.get(f"{server}/viewer/vendor/LICENSE")
+    assert licence.status_code == 200 and "MessagePack" in licence.text
+    assert (VIEWER_DIR / "vendor" / "msgpack.min.js").is_file() and (VIEWER_DIR / "vendor" / "LICENSE").is_file()
+
+
+def test_msgpack_library_is_loaded_from_the_service(server: str, browser: Any) -> None:
+    """The page runs @msgpack/msgpack from the service's own /viewer/vendor/ and every script it loads
+    comes from the service's origin."""
+    browser.get(f"{server}/")
+    wait_for(lambda: text_of(browser, "status") == "ready", "the page to load its metadata")
+    found = browser.execute_script(
+        """
+        return {
+          library: typeof MessagePack === 'object' && typeof MessagePack.encode === 'function'
+            && typeof MessagePack.decode === 'function',
+          origin: location.origin,
+          scripts: [...document.scripts].map(s => s.src),
+          resources: performance.getEntriesByType('resource').map(r => r.name),
+        };
+        """
+    )
+    assert found["library"], "the global MessagePack of @msgpack/msgpack is missing"
+    assert found["scripts"] and all(src.startswith(found["origin"] + "/") for src in found["scripts"]), found["scripts"]
+    assert f"{found['origin']}/viewer/vendor/msgpack.min.js" in found["scripts"]
+    assert all(name.startswith(found["origin"] + "/") for name in found["resources"]), found["resources"]
+
+
+def test_unknown_cells_are_hatched_apart_from_background(server: str, browser: Any) -> None:
+    """The viewer repaints cells of value 255 (near-black in the API palette) in grey stripes; black
+    background cells stay black. The drive may show no unknown cell, so a small canvas is painted here."""
+    browser.get(f"{server}/")
+    wait_for(lambda: text_of(browser, "status") == "ready", "the page to load its metadata")
+    result = browser.execute_script(
+        """
+        const unknown = state.unknownRgb;
+        const canvas = document.createElement('canvas');
+        canvas.width = 8; canvas.height = 8;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = 'rgb(0, 0, 0)'; ctx.fillRect(0, 0, 8, 8);
+        ctx.fillStyle = `rgb(${unknown})`; ctx.fillRect(0, 0, 4, 8);
+        hatchUnknown(ctx, 8, 8);
+        const data = ctx.getImageData(0, 0, 8, 8).data;
+        const left = new Set(), right = new Set();
+        for (let y = 0; y < 8; y++) for (let x = 0; x < 8; x++) {
+          const i = 4 * (8 * y + x);
+          (x < 4 ? left : right).add(`${data[i]},${data[i + 1]},${data[i + 2]}`);
+        }
+        return {unknown: unknown, hatch: UNKNOWN_HATCH.map(String), left: [...left], right: [...right]};
+        """
+    )
+    classes = httpx.get(f"{server}/v1/classes").json()
+    assert result["unknown"] == next(c["color_rgb"] for c in classes if c["id"] == UNKNOWN)
+    assert sorted(result["left"]) == sorted(result["hatch"]), result
+    assert result["right"] == ["0,0,0"], result
 
 
 def test_msgpack_codec_agrees_with_python(server: str, browser: Any) -> None:
-    """The hand-written encoder writes what the Python msgpack package writes (minimal forms), and the
-    decoder reads back what the service's packer produces."""
+    """The page's encoder (@msgpack/msgpack) writes what the Python msgpack package writes (minimal
+    forms), and its decoder reads back what the service's packer produces."""
     browser.get(f"{server}/")
     front = bytes(range(256)) * 2
     plain = {
@@ -175,14 +254,16 @@ def test_msgpack_codec_agrees_with_python(server: str, browser: Any) -> None:
     value = {**plain, "images": {"front": front, "left": b""}}  # bytes cannot cross into the page: added there
     encoded = browser.execute_script(
         """
-        const v = new Map(arguments[0]);
-        v.set('images', {front: new Uint8Array(arguments[1]), left: new Uint8Array(0)});
+        const v = Object.fromEntries(arguments[0]);  // string keys keep their insertion order
+        v.images = {front: new Uint8Array(arguments[1]), left: new Uint8Array(0)};
         return Array.from(msgpackEncode(v));
         """,
         list(plain.items()),  # pairs: the driver does not keep a dict's key order, and msgpack maps are ordered
         list(front),
     )
     assert bytes(encoded) == msgpack.packb(value)
+    with pytest.raises(Exception, match=r"Extra \d+ of \d+ byte"):  # bytes after the value are refused
+        browser.execute_script("msgpackDecode(new Uint8Array(arguments[0]));", [*msgpack.packb(1), 0xC0])
     decoded = browser.execute_script(
         """
         const v = msgpackDecode(new Uint8Array(arguments[0]));
@@ -204,6 +285,10 @@ def test_demo_drive_plays_and_paints_the_bev(server: str, browser: Any) -> None:
     wait_for(lambda: text_of(browser, "status") == "ready", "the page to load its metadata")
     legend_items = browser.execute_script("return document.querySelectorAll('#legend li').length;")
     assert legend_items == len(classes)
+    swatches = legend_swatches(browser)
+    background, unknown = swatches[str(BACKGROUND)], swatches[str(UNKNOWN)]
+    assert unknown != background, "unknown and background look alike in the legend"
+    assert "gradient" in unknown["image"] and background["image"] == "none", (unknown, background)
 
     _, _, before = canvas_colours(browser)
     assert set(before) == {(0, 0, 0, 0)}, "the canvas is painted before any grid arrived"
@@ -226,7 +311,11 @@ def test_demo_drive_plays_and_paints_the_bev(server: str, browser: Any) -> None:
 
     width, height, counts = canvas_colours(browser)
     assert (height, width) == grid_shape(DEFAULT_RIG), "the canvas holds one pixel per BEV cell"
-    palette = {(*c["color_rgb"], 255) for c in classes}
+    unknown_rgb = next((*c["color_rgb"], 255) for c in classes if c["id"] == UNKNOWN)
+    hatch = {(*rgb, 255) for rgb in browser.execute_script("return UNKNOWN_HATCH;")}
+    palette = {(*c["color_rgb"], 255) for c in classes if c["id"] != UNKNOWN} | hatch
+    assert not hatch & {(*c["color_rgb"], 255) for c in classes}, "the unknown hatch reuses a class colour"
+    assert unknown_rgb not in counts, "cells of value 255 kept the near-black palette colour"
     distinct = [colour for colour, n in counts.items() if n >= 20]
     assert len(distinct) >= 3, f"expected several colours on the BEV canvas, got {counts}"
     on_palette = sum(n for colour, n in counts.items() if colour in palette)
@@ -255,6 +344,17 @@ def test_token_is_sent_on_rest_and_stream(tiny_weights_path: Path, tmp_path: Pat
         base = live.base_url
         browser.get(f"{base}/")
         wait_for(lambda: "401" in text_of(browser, "status"), "the page to report the missing token")
+        for panel in ("model-info", "rig-info", "legend"):  # the panels say why too, not "loading…" forever
+            message = wait_for(lambda p=panel: "401" in text_of(browser, p) and text_of(browser, p), f"{panel}: the 401")
+            assert "token" in message and "loading" not in message, (panel, message)
+            assert "needs a token" in message, (panel, message)
+        browser.find_element("id", "play").click()  # playing without the token says so in the camera panel
+        wait_for(lambda: "401" in text_of(browser, "camera-grid"), "the camera panel to report the 401")
+        assert browser.find_element("id", "play").is_enabled()
+
+        browser.get(f"{base}/?token=wrong-{TOKEN}")
+        wait_for(lambda: "refused" in text_of(browser, "model-info"), "the panels to report the refused token")
+        assert "401" in text_of(browser, "status") and "refused" in text_of(browser, "rig-info")
         browser.get_log("browser")  # the refused requests are logged; they are the point here
 
         browser.get(f"{base}/?token={TOKEN}")

@@ -23,7 +23,7 @@ import pytest
 from bev_service.classes import CLASSES
 from bev_service.geometry.grid import EGO
 from bev_service.geometry.rig import Rig
-from bev_service.synth import FrameSet, Renderer, SyntheticWorld, VehiclePose, renderer_for
+from bev_service.synth import RenderedFrameSet, Renderer, SyntheticWorld, VehiclePose, renderer_for
 
 GROUND_IDS = np.array([c.id for c in CLASSES if c.ground])
 
@@ -72,7 +72,7 @@ def boundary_distance(truth: np.ndarray, cell_m: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def frame_sets(world: SyntheticWorld, full_renderer: Renderer) -> list[FrameSet]:
+def frame_sets(world: SyntheticWorld, full_renderer: Renderer) -> list[RenderedFrameSet]:
     """Three scenes: on the ring road, at a junction with crosswalks, in the parking lot."""
     lot = world.layout.lot
     assert lot is not None
@@ -86,13 +86,15 @@ def frame_sets(world: SyntheticWorld, full_renderer: Renderer) -> list[FrameSet]
     return [full_renderer.render(world, pose, time_s=7.0, seed=i) for i, pose in enumerate(poses)]
 
 
-def compared_cells(fs: FrameSet) -> np.ndarray:
+def compared_cells(fs: RenderedFrameSet) -> np.ndarray:
     """Seen, flat-ground, not hidden by an object from the owning camera."""
     truth, oracle = fs.bev_truth, fs.bev_oracle
     return ~fs.unknown & (truth != EGO) & np.isin(truth, GROUND_IDS) & np.isin(oracle, GROUND_IDS)
 
 
-def test_oracle_equals_truth_away_from_class_boundaries(rig: Rig, full_renderer: Renderer, frame_sets: list[FrameSet]) -> None:
+def test_oracle_equals_truth_away_from_class_boundaries(
+    rig: Rig, full_renderer: Renderer, frame_sets: list[RenderedFrameSet]
+) -> None:
     offsets = sampling_offsets(rig, full_renderer)
     for fs in frame_sets:
         cells = compared_cells(fs)
@@ -105,7 +107,7 @@ def test_oracle_equals_truth_away_from_class_boundaries(rig: Rig, full_renderer:
 
 
 def test_oracle_reads_the_class_of_the_ground_its_pixel_sees(
-    rig: Rig, world: SyntheticWorld, full_renderer: Renderer, frame_sets: list[FrameSet]
+    rig: Rig, world: SyntheticWorld, full_renderer: Renderer, frame_sets: list[RenderedFrameSet]
 ) -> None:
     """Boundary cells included: the oracle is the world's class at the point the chosen pixel sees."""
     points = owner_ground_points(rig, full_renderer)
@@ -116,7 +118,7 @@ def test_oracle_reads_the_class_of_the_ground_its_pixel_sees(
         assert agree >= 0.9999, f"pose {fs.pose}: {agree:.5f} of {cells.sum()} cells"
 
 
-def test_oracle_equals_truth_on_most_seen_ground_cells(frame_sets: list[FrameSet]) -> None:
+def test_oracle_equals_truth_on_most_seen_ground_cells(frame_sets: list[RenderedFrameSet]) -> None:
     for fs in frame_sets:
         cells = compared_cells(fs)
         agree = (fs.bev_truth[cells] == fs.bev_oracle[cells]).mean()

@@ -56,7 +56,7 @@ def test_manifest_names_rig_classes_seed_and_frame_sets(dataset: Path) -> None:
     assert manifest["rig"] == {
         "id": rig.rig_id,
         "version": rig.version,
-        "path": "calibration/default_rig.yaml",
+        "path": "bev_service/shipped/default_rig.yaml",
         "fingerprint": rig.fingerprint,
     }
     assert manifest["classes"] == class_table()

@@ -15,7 +15,7 @@ from bev_service.geometry.grid import EGO
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.synth import Renderer, SyntheticWorld, VehiclePose, renderer_for
 from bev_service.synth.objects import Primitive
-from bev_service.synth.render import FrameSet
+from bev_service.synth.render import RenderedFrameSet
 
 GROUND_IDS = {c.id for c in CLASSES if c.ground}
 
@@ -77,7 +77,7 @@ def _sphere_t(prim: Primitive, o: np.ndarray, d: np.ndarray) -> float:
     return t if t > 1e-4 else math.inf
 
 
-def reference_label(rig: Rig, world: SyntheticWorld, fs: FrameSet, camera: str, uv: tuple[float, float]) -> int:
+def reference_label(rig: Rig, world: SyntheticWorld, fs: RenderedFrameSet, camera: str, uv: tuple[float, float]) -> int:
     """Class of the first surface the pixel's ray meets: ground, a primitive, the skyline, or nothing."""
     cam = rig.camera(camera)
     ray, valid = cam.model.unproject(np.array(uv, dtype=np.float64))
@@ -125,7 +125,7 @@ def _skyline_t(world: SyntheticWorld, pose: VehiclePose, o: np.ndarray, d: np.nd
 
 
 @pytest.fixture(scope="module")
-def busy_frame_set(world: SyntheticWorld, small_renderer: Renderer) -> FrameSet:
+def busy_frame_set(world: SyntheticWorld, small_renderer: Renderer) -> RenderedFrameSet:
     """A frame set in the parking lot: cars, people, cones and poles near the cameras."""
     lot = world.layout.lot
     assert lot is not None
@@ -151,7 +151,7 @@ def _sample_pixels(labels: np.ndarray, rng: np.random.Generator) -> list[tuple[i
     return picks
 
 
-def test_labels_are_the_class_of_the_first_surface_hit(rig: Rig, world: SyntheticWorld, busy_frame_set: FrameSet) -> None:
+def test_labels_are_the_class_of_the_first_surface_hit(rig: Rig, world: SyntheticWorld, busy_frame_set: RenderedFrameSet) -> None:
     rng = np.random.default_rng(0)
     scale = busy_frame_set.labels["front"].shape[0] / rig.cameras[0].image_size_hw[0]
     checked, wrong, objects = 0, [], 0
@@ -169,13 +169,13 @@ def test_labels_are_the_class_of_the_first_surface_hit(rig: Rig, world: Syntheti
     assert not wrong, f"{len(wrong)} of {checked} pixels disagree (camera, row, col, rendered, reference): {wrong[:10]}"
 
 
-def test_every_object_class_is_rendered_in_the_lot(busy_frame_set: FrameSet) -> None:
+def test_every_object_class_is_rendered_in_the_lot(busy_frame_set: RenderedFrameSet) -> None:
     seen = set(np.unique(np.stack(list(busy_frame_set.labels.values()))).tolist())
     assert {CLASS_IDS["vehicle"], CLASS_IDS["road"], CLASS_IDS["lane_marking"], 0} <= seen
     assert seen <= {c.id for c in CLASSES}
 
 
-def test_sky_above_the_horizon_and_ground_below(rig: Rig, small_renderer: Renderer, busy_frame_set: FrameSet) -> None:
+def test_sky_above_the_horizon_and_ground_below(rig: Rig, small_renderer: Renderer, busy_frame_set: RenderedFrameSet) -> None:
     for i, cam in enumerate(small_renderer.cameras):
         labels = busy_frame_set.labels[cam.name].reshape(-1)
         dirs = cam.to_image(cam.dirs.reshape(-1, 3)).reshape(-1, 3)
@@ -188,7 +188,7 @@ def test_sky_above_the_horizon_and_ground_below(rig: Rig, small_renderer: Render
         assert sky_blue > 80, f"camera {i}: the sky should be bright"
 
 
-def test_objects_stand_upright(small_renderer: Renderer, busy_frame_set: FrameSet) -> None:
+def test_objects_stand_upright(small_renderer: Renderer, busy_frame_set: RenderedFrameSet) -> None:
     """Pixels of vehicles and pedestrians look at points from the ground up to their height."""
     vehicle = CLASS_IDS["vehicle"]
     heights = []
@@ -202,7 +202,7 @@ def test_objects_stand_upright(small_renderer: Renderer, busy_frame_set: FrameSe
     assert z.min() >= -1e-3 and 1.3 <= z.max() <= 2.5 and np.percentile(z, 10) < 0.6
 
 
-def test_true_bev_is_complete_with_ego_and_footprints(small_renderer: Renderer, busy_frame_set: FrameSet) -> None:
+def test_true_bev_is_complete_with_ego_and_footprints(small_renderer: Renderer, busy_frame_set: RenderedFrameSet) -> None:
     truth = busy_frame_set.bev_truth
     assert truth.shape == small_renderer.rig.grid.shape and truth.dtype == np.uint8
     assert (truth[small_renderer.projector.tables.ego] == EGO).all()

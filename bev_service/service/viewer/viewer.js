@@ -1,214 +1,20 @@
 // bev-service viewer: plays the service's synthetic demo drive through the WebSocket stream and shows
 // the coloured BEV grid, the camera frames and the stage timings of every reply. Plain browser
-// JavaScript without a build step or any fetched library, so the page works offline in the container;
-// msgpack is therefore coded by hand below, for the subset the stream uses.
+// JavaScript without a build step; msgpack comes from @msgpack/msgpack, whose browser bundle the service
+// ships and serves itself (viewer/vendor/msgpack.min.js, the global MessagePack), so the page works offline.
 "use strict";
 
 // ---------------------------------------------------------------------------------------------------
-// msgpack (https://github.com/msgpack/msgpack/blob/master/spec.md): nil, bool, int, float64, str, bin,
-// array, map. JavaScript numbers do not say whether they are integers, so a value that must travel as a
-// float (the frame stamp) is wrapped in Float64.
-
-class Float64 {
-  constructor(value) {
-    this.value = value;
-  }
-}
-
-const utf8Encoder = new TextEncoder();
-const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
-
-class MsgpackWriter {
-  constructor(size = 4096) {
-    this.bytes = new Uint8Array(size);
-    this.view = new DataView(this.bytes.buffer);
-    this.length = 0;
-  }
-
-  reserve(n) {
-    if (this.length + n <= this.bytes.length) return;
-    let size = this.bytes.length * 2;
-    while (size < this.length + n) size *= 2;
-    const bytes = new Uint8Array(size);
-    bytes.set(this.bytes.subarray(0, this.length));
-    this.bytes = bytes;
-    this.view = new DataView(bytes.buffer);
-  }
-
-  head(n, codes) {
-    // codes: the type bytes of the 8-, 16- and 32-bit length forms (null where the form does not exist)
-    if (n < 0x100 && codes[0] !== null) return this.put(codes[0], 1, n);
-    if (n < 0x10000) return this.put(codes[1], 2, n);
-    if (n < 0x100000000) return this.put(codes[2], 4, n);
-    throw new RangeError(`msgpack: ${n} entries are too many`);
-  }
-
-  put(code, width, n) {
-    // DataView's unsigned setters store a negative n as its two's complement, so they serve signed ints too
-    this.reserve(1 + width);
-    const at = this.length + 1;
-    this.view.setUint8(this.length, code);
-    if (width === 1) this.view.setUint8(at, n);
-    else if (width === 2) this.view.setUint16(at, n);
-    else if (width === 4) this.view.setUint32(at, n);
-    else this.view.setBigInt64(at, BigInt(n));
-    this.length += 1 + width;
-  }
-
-  byte(code) {
-    this.reserve(1);
-    this.bytes[this.length++] = code;
-  }
-
-  raw(bytes) {
-    this.reserve(bytes.length);
-    this.bytes.set(bytes, this.length);
-    this.length += bytes.length;
-  }
-
-  float64(value) {
-    this.reserve(9);
-    this.view.setUint8(this.length, 0xcb);
-    this.view.setFloat64(this.length + 1, value);
-    this.length += 9;
-  }
-
-  int(n) {
-    if (n >= 0 && n < 0x80) return this.byte(n);
-    if (n < 0 && n >= -32) return this.byte(n & 0xff);
-    if (n >= 0) {
-      if (n < 0x100) return this.put(0xcc, 1, n);
-      if (n < 0x10000) return this.put(0xcd, 2, n);
-      if (n < 0x100000000) return this.put(0xce, 4, n);
-      return this.put(0xcf, 8, n);
-    }
-    if (n >= -0x80) return this.put(0xd0, 1, n);
-    if (n >= -0x8000) return this.put(0xd1, 2, n);
-    if (n >= -0x80000000) return this.put(0xd2, 4, n);
-    return this.put(0xd3, 8, n);
-  }
-
-  value(v) {
-    if (v === null || v === undefined) return this.byte(0xc0);
-    if (v === false) return this.byte(0xc2);
-    if (v === true) return this.byte(0xc3);
-    if (v instanceof Float64) return this.float64(v.value);
-    if (typeof v === "number") return Number.isSafeInteger(v) ? this.int(v) : this.float64(v);
-    if (typeof v === "string") {
-      const bytes = utf8Encoder.encode(v);
-      if (bytes.length < 32) this.byte(0xa0 | bytes.length);
-      else this.head(bytes.length, [0xd9, 0xda, 0xdb]);
-      return this.raw(bytes);
-    }
-    if (v instanceof ArrayBuffer) v = new Uint8Array(v);
-    if (v instanceof Uint8Array) {
-      this.head(v.length, [0xc4, 0xc5, 0xc6]);
-      return this.raw(v);
-    }
-    if (Array.isArray(v)) {
-      if (v.length < 16) this.byte(0x90 | v.length);
-      else this.head(v.length, [null, 0xdc, 0xdd]);
-      for (const item of v) this.value(item);
-      return;
-    }
-    if (typeof v === "object") {
-      const entries = v instanceof Map ? [...v.entries()] : Object.entries(v);
-      if (entries.length < 16) this.byte(0x80 | entries.length);
-      else this.head(entries.length, [null, 0xde, 0xdf]);
-      for (const [key, item] of entries) {
-        this.value(key);
-        this.value(item);
-      }
-      return;
-    }
-    throw new TypeError(`msgpack: cannot encode a ${typeof v}`);
-  }
-}
+// msgpack: the stream and the demo frames. A JavaScript number travels as an int when it is a safe
+// integer and as a float64 otherwise; the service takes either for the frame stamp. bin decodes to a
+// Uint8Array, maps to plain objects, and a message with bytes after its value is refused.
 
 function msgpackEncode(value) {
-  const writer = new MsgpackWriter();
-  writer.value(value);
-  return writer.bytes.slice(0, writer.length);
-}
-
-class MsgpackReader {
-  constructor(bytes) {
-    this.bytes = bytes;
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.at = 0;
-  }
-
-  take(n) {
-    if (this.at + n > this.bytes.length) throw new Error("msgpack: message is truncated");
-    const at = this.at;
-    this.at += n;
-    return at;
-  }
-
-  u8() { return this.view.getUint8(this.take(1)); }
-  u16() { return this.view.getUint16(this.take(2)); }
-  u32() { return this.view.getUint32(this.take(4)); }
-
-  str(n) { return utf8Decoder.decode(this.bytes.subarray(this.take(n), this.at)); }
-  bin(n) { return this.bytes.slice(this.take(n), this.at); } // a copy: it outlives the message buffer
-
-  array(n) {
-    const items = new Array(n);
-    for (let i = 0; i < n; i++) items[i] = this.value();
-    return items;
-  }
-
-  map(n) {
-    const out = {};
-    for (let i = 0; i < n; i++) {
-      const key = this.value();
-      out[String(key)] = this.value();
-    }
-    return out;
-  }
-
-  value() {
-    const b = this.u8();
-    if (b <= 0x7f) return b;
-    if (b >= 0xe0) return b - 0x100;
-    if (b <= 0x8f) return this.map(b & 0x0f);
-    if (b <= 0x9f) return this.array(b & 0x0f);
-    if (b <= 0xbf) return this.str(b & 0x1f);
-    const v = this.view;
-    switch (b) {
-      case 0xc0: return null;
-      case 0xc2: return false;
-      case 0xc3: return true;
-      case 0xc4: return this.bin(this.u8());
-      case 0xc5: return this.bin(this.u16());
-      case 0xc6: return this.bin(this.u32());
-      case 0xca: return v.getFloat32(this.take(4));
-      case 0xcb: return v.getFloat64(this.take(8));
-      case 0xcc: return this.u8();
-      case 0xcd: return this.u16();
-      case 0xce: return this.u32();
-      case 0xcf: return Number(v.getBigUint64(this.take(8)));
-      case 0xd0: return v.getInt8(this.take(1));
-      case 0xd1: return v.getInt16(this.take(2));
-      case 0xd2: return v.getInt32(this.take(4));
-      case 0xd3: return Number(v.getBigInt64(this.take(8)));
-      case 0xd9: return this.str(this.u8());
-      case 0xda: return this.str(this.u16());
-      case 0xdb: return this.str(this.u32());
-      case 0xdc: return this.array(this.u16());
-      case 0xdd: return this.array(this.u32());
-      case 0xde: return this.map(this.u16());
-      case 0xdf: return this.map(this.u32());
-      default: throw new Error(`msgpack: unsupported type byte 0x${b.toString(16)}`);
-    }
-  }
+  return MessagePack.encode(value);
 }
 
 function msgpackDecode(bytes) {
-  const reader = new MsgpackReader(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes));
-  const value = reader.value();
-  if (reader.at !== reader.bytes.length) throw new Error(`msgpack: ${reader.bytes.length - reader.at} bytes after the value`);
-  return value;
+  return MessagePack.decode(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -221,6 +27,16 @@ const MAX_ERRORS_IN_A_ROW = 10; // a drive the service refuses frame after frame
 
 const $ = (id) => document.getElementById(id);
 
+// Grid value 255 (seen by no camera) is near-black in the API's palette, next to black background: the
+// viewer paints those cells in grey diagonal stripes instead (the PNGs the API serves keep the palette).
+const UNKNOWN_ID = 255;
+const UNKNOWN_HATCH = [
+  [110, 110, 124], // the stripe
+  [44, 44, 52], // between the stripes
+];
+const HATCH_PERIOD = 4; // cells: one stripe cell, three between, along each diagonal
+const UNKNOWN_SWATCH = `repeating-linear-gradient(45deg, rgb(${UNKNOWN_HATCH[0]}) 0 2px, rgb(${UNKNOWN_HATCH[1]}) 2px 5px)`;
+
 const state = {
   token: "",
   playing: false,
@@ -228,9 +44,12 @@ const state = {
   pumping: false,
   paceTimer: null,
   demoCount: null,
+  unknownRgb: [20, 20, 20], // the API's colour for value 255; replaced from /v1/classes
+  infoTimer: null,
   demoCache: new Map(), // index -> Promise<{images, urls}>
   nextIndex: 0,
   seq: 0,
+  progressTimer: null,
   pending: new Map(), // seq -> {frame, sentAt}; Map keeps the sending order
   lastSentAt: 0,
   sent: 0,
@@ -305,9 +124,49 @@ function renderLegend(body) {
   legend.replaceChildren();
   for (const c of classes) {
     const swatch = element("span", { className: "swatch", title: `id ${c.id}` });
-    swatch.style.background = classColour(c);
-    legend.append(element("li", { title: c.description || "" }, swatch, c.name.replaceAll("_", " ")));
+    swatch.dataset.id = String(c.id);
+    const unknown = c.id === UNKNOWN_ID;
+    if (unknown && Array.isArray(c.color_rgb)) state.unknownRgb = c.color_rgb.slice(0, 3);
+    swatch.style.background = unknown ? UNKNOWN_SWATCH : classColour(c);
+    const item = element("li", { title: c.description || "" }, swatch, c.name.replaceAll("_", " "));
+    item.dataset.id = String(c.id);
+    legend.append(item);
   }
+}
+
+// Repaint the cells of value 255 (found by their palette colour) in UNKNOWN_HATCH stripes.
+function hatchUnknown(ctx, width, height) {
+  const image = ctx.getImageData(0, 0, width, height);
+  const data = image.data;
+  const [r, g, b] = state.unknownRgb;
+  let found = false;
+  for (let y = 0, i = 0; y < height; y++) {
+    for (let x = 0; x < width; x++, i += 4) {
+      if (data[i] !== r || data[i + 1] !== g || data[i + 2] !== b) continue;
+      const colour = UNKNOWN_HATCH[(x + y) % HATCH_PERIOD === 0 ? 0 : 1];
+      data[i] = colour[0];
+      data[i + 1] = colour[1];
+      data[i + 2] = colour[2];
+      found = true;
+    }
+  }
+  if (found) ctx.putImageData(image, 0, 0);
+}
+
+// A message in place of a panel's content ("loading…" until then): why the page has nothing to show.
+function panelMessage(target, text, kind = "error") {
+  const el = element(target === "legend" ? "li" : "dt", { className: `panel-message ${kind}`, textContent: text });
+  $(target).replaceChildren(el);
+}
+
+function infoError(err, token) {
+  if (err.status === 401) {
+    return token
+      ? "The token was refused (401): check it against the service's BEV_API_TOKEN."
+      : "This service needs a token (401): enter it in the token field above, or open the page with ?token=….";
+  }
+  if (err.status === 503) return `The service is not ready yet (${err.message}); trying again…`;
+  return `Could not load: ${err.message}`;
 }
 
 function describe(value) {
@@ -384,18 +243,29 @@ function renderRigs(body) {
 }
 
 async function loadInfo() {
+  clearTimeout(state.infoTimer);
+  const token = state.token;
   setStatus("loading", "loading…");
   const [classes, model, rigs] = await Promise.allSettled([getJson("v1/classes"), getJson("v1/model"), getJson("v1/rigs")]);
-  if (classes.status === "fulfilled") renderLegend(classes.value);
-  if (model.status === "fulfilled") renderKv("model-info", brief(model.value), model.value);
-  if (rigs.status === "fulfilled") renderRigs(rigs.value);
+  if (token !== state.token) return; // the token changed meanwhile: a newer load is under way
+  const panels = [
+    [classes, "legend", renderLegend],
+    [model, "model-info", (body) => renderKv("model-info", brief(body), body)],
+    [rigs, "rig-info", renderRigs],
+  ];
+  for (const [result, target, render] of panels) {
+    if (result.status === "fulfilled") render(result.value);
+    else panelMessage(target, infoError(result.reason, token));
+  }
   const failed = [classes, model, rigs].find((r) => r.status === "rejected");
   if (!failed) {
     if (!state.playing) setStatus("ready", "ready");
     return;
   }
   const err = failed.reason;
-  setStatus("error", err.status === 401 ? "token required or wrong (401)" : `metadata: ${err.message}`);
+  if (err.status === 401) setStatus("error", token ? "token refused (401)" : "token required (401)");
+  else setStatus("error", `metadata: ${err.message}`);
+  if (err.status === 503) state.infoTimer = setTimeout(loadInfo, 2000); // still loading its model
 }
 
 function imageType(bytes) {
@@ -523,6 +393,7 @@ async function drawGrid(reply) {
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(bitmap, 0, 0);
   bitmap.close();
+  hatchUnknown(ctx, canvas.width, canvas.height);
   const rows = reply.rows ?? bitmap.height;
   const cols = reply.cols ?? bitmap.width;
   setText("grid-info", `rig ${reply.rig ?? "?"} · ${rows} × ${cols} cells · frame ${reply.seq}`);
@@ -583,7 +454,7 @@ async function pump() {
       const socket = state.socket;
       if (!state.playing || !socket || socket.readyState !== WebSocket.OPEN) break;
       const seq = state.seq++;
-      socket.send(msgpackEncode({ seq, stamp: new Float64(Date.now() / 1000), images: frame.images }));
+      socket.send(msgpackEncode({ seq, stamp: Date.now() / 1000, images: frame.images }));
       state.pending.set(seq, { frame, sentAt: performance.now() });
       state.lastSentAt = performance.now();
       state.sent++;
@@ -600,11 +471,22 @@ async function pump() {
 
 function fail(err) {
   stopPlaying();
-  setStatus("error", err.status === 401 ? "token required or wrong (401)" : err.message);
+  clearInterval(state.progressTimer);
+  if (err.status === 401) setStatus("error", state.token ? "token refused (401)" : "token required (401)");
+  else setStatus("error", err.message);
+  cameraMessage(err.status === 401 ? infoError(err, state.token) : `The demo drive could not start: ${err.message}`);
+}
+
+// The camera panel's placeholder while no frame is shown (it goes once the first frame arrives).
+function cameraMessage(text) {
+  const grid = $("camera-grid");
+  if (grid.querySelector("img")) return;
+  grid.replaceChildren(element("p", { className: "muted small", textContent: text }));
 }
 
 function stopPlaying() {
   state.playing = false;
+  clearInterval(state.progressTimer);
   clearTimeout(state.paceTimer);
   state.pending.clear();
   const socket = state.socket;
@@ -619,10 +501,27 @@ async function play() {
   state.playing = true;
   $("play").disabled = true;
   $("stop").disabled = false;
-  setStatus("connecting", "fetching the demo drive…");
+  // The service renders a frame set when first asked for it (seconds for the first one, which also
+  // builds the synthetic world): say so at once and count the seconds, so the wait does not look dead.
+  const started = performance.now();
+  const cached = state.demoCache.has(state.nextIndex);
+  const rendering = () => {
+    const seconds = Math.floor((performance.now() - started) / 1000);
+    const text = `rendering the drive… ${seconds} s`;
+    setStatus("connecting", text);
+    cameraMessage(`Rendering the demo drive's first frame set on the service (${seconds} s)…`);
+  };
+  if (!cached) {
+    rendering();
+    clearInterval(state.progressTimer);
+    state.progressTimer = setInterval(() => state.playing && rendering(), 1000);
+  }
   try {
     await demoFrame(state.nextIndex);
+    clearInterval(state.progressTimer);
+    if (!state.playing) return;
     setStatus("connecting", "connecting…");
+    cameraMessage("Connecting to the stream…");
     await openSocket();
   } catch (err) {
     fail(err);

@@ -1,0 +1,81 @@
+"""Frame sets for training and evaluation: per-camera images, pixel labels and (optionally) the true BEV.
+
+A source is anything with ``len`` and indexing that yields ``FrameSet``s at the network's input size.
+``ArraySource`` holds arrays in memory; ``render_source`` renders the synthetic world up front and
+``DirectorySource`` reads what ``bev synth`` wrote (both in ``bev_service.training.synthdata``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bev_service.runtime.resize import resize_images, resize_labels
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """One synchronised frame set in the rig's camera order."""
+
+    images: NDArray[np.uint8]  # (N, H, W, 3) RGB at the network input size
+    labels: NDArray[np.uint8]  # (N, H, W) class ids (255: unlabelled, ignored)
+    bev: NDArray[np.uint8] | None = None  # (rows, cols) true BEV grid, when the source knows it
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        n, h, w = self.labels.shape
+        if self.images.shape != (n, h, w, 3) or self.images.dtype != np.uint8 or self.labels.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 (N, H, W, 3) matching labels uint8 (N, H, W); got images {self.images.dtype} "
+                f"{self.images.shape} and labels {self.labels.dtype} {self.labels.shape}"
+            )
+
+
+class FrameSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> FrameSet: ...
+
+
+class ArraySource:
+    """Frame sets held in memory."""
+
+    def __init__(self, frame_sets: Sequence[FrameSet]) -> None:
+        if not frame_sets:
+            raise ValueError("a frame source needs at least one frame set")
+        self._frames = list(frame_sets)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> FrameSet:
+        return self._frames[index]
+
+
+class CachedSource:
+    """Keeps every frame set of a slow source (rendering, decoding) once it has been read."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self._source = source
+        self._cache: dict[int, FrameSet] = {}
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> FrameSet:
+        if index not in self._cache:
+            self._cache[index] = self._source[index]
+        return self._cache[index]
+
+
+def resized(frame_set: FrameSet, size_hw: tuple[int, int]) -> FrameSet:
+    return FrameSet(
+        images=resize_images(frame_set.images, size_hw),
+        labels=resize_labels(frame_set.labels, size_hw),
+        bev=frame_set.bev,
+        name=frame_set.name,
+    )

@@ -1,0 +1,138 @@
+"""BevPipeline on the default rig with a tiny untrained network: shapes, fixed cells, timings, the
+bytes handed back, agreement with the pieces run by hand, and clear errors for bad frame sets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from bev_service.errors import FrameError, ModelError
+from bev_service.geometry.grid import EGO, UNKNOWN
+from bev_service.geometry.projector import BevProjector
+from bev_service.geometry.rig import Rig
+from bev_service.imageio import decode_labels
+from bev_service.runtime.onnx_backend import OnnxSegmenter
+from bev_service.runtime.pipeline import STAGES, BevPipeline
+from bev_service.runtime.resize import resize_images, resize_labels
+from bev_service.runtime.torch_backend import TorchSegmenter
+from tests.networks import TINY, tiny_model
+
+
+def jpeg_frames(rig: Rig, seed: int = 0) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for cam in rig.cameras:
+        h, w = cam.image_size_hw
+        image = cv2.resize(rng.integers(0, 256, size=(h // 16, w // 16, 3), dtype=np.uint8), (w, h))
+        frames[cam.name] = cv2.imencode(".jpg", image)[1].tobytes()
+    return frames
+
+
+def test_frames_to_grid_match_the_stages_run_by_hand(rig: Rig, projector: BevProjector) -> None:
+    segmenter = TorchSegmenter(tiny_model(), TINY, device="cpu")
+    pipeline = BevPipeline(rig, segmenter, projector=projector)
+    frames = jpeg_frames(rig)
+    result = pipeline.run(frames)
+    pipeline.close()
+    assert result.grid.shape == rig.grid.shape == (400, 400) and result.grid.dtype == np.uint8
+    fixed = projector.label_table(TINY.input_size_hw).fixed.reshape(rig.grid.shape)
+    assert set(np.unique(result.grid[fixed])) <= {EGO, UNKNOWN} and (result.grid[~fixed] < 8).all()
+    decoded = np.stack([cv2.imdecode(np.frombuffer(frames[n], np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for n in rig.camera_names])
+    by_hand = projector.warp_labels(segmenter.segment(resize_images(decoded, TINY.input_size_hw)).labels).numpy()
+    np.testing.assert_array_equal(result.grid, by_hand)
+    assert set(result.timings_ms) == {*STAGES, "total"} and all(v >= 0 for v in result.timings_ms.values())
+    assert result.device_to_host_bytes == result.grid.nbytes == 400 * 400
+    assert result.encoded is not None
+    np.testing.assert_array_equal(decode_labels(result.encoded), result.grid)
+
+
+def test_onnx_runtime_pipeline_hands_back_the_label_maps(rig: Rig, projector: BevProjector, tiny_onnx: Path) -> None:
+    frames = jpeg_frames(rig, seed=1)
+    torch_grid = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector).run(frames).grid
+    result = BevPipeline(rig, OnnxSegmenter(tiny_onnx), projector=projector, encoder=None).run(frames)
+    np.testing.assert_array_equal(result.grid, torch_grid)
+    assert result.device_to_host_bytes == 4 * 64 * 96 and result.encoded is None
+
+
+def test_confidence_fusion_gives_a_grid(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector, confidence_fusion=True)
+    grid = pipeline.run(jpeg_frames(rig)).grid
+    assert grid.shape == (400, 400) and (grid[grid < 254] < 8).all()
+
+
+def test_decoded_arrays_are_accepted(rig: Rig, projector: BevProjector) -> None:
+    frames = {cam.name: np.zeros((*cam.image_size_hw, 3), dtype=np.uint8) for cam in rig.cameras}
+    grid = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector).run(frames).grid
+    assert grid.shape == (400, 400)
+
+
+def test_bad_frame_sets_are_frame_errors(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    frames = jpeg_frames(rig)
+    with pytest.raises(FrameError, match="missing 'rear'"):
+        pipeline.run({k: v for k, v in frames.items() if k != "rear"})
+    with pytest.raises(FrameError, match="unknown 'roof'"):
+        pipeline.run({**frames, "roof": frames["front"]})
+    with pytest.raises(FrameError, match="cannot decode"):
+        pipeline.run({**frames, "left": b"not a jpeg"})
+    odd = cv2.imencode(".jpg", np.zeros((320, 400, 3), np.uint8))[1].tobytes()
+    with pytest.raises(FrameError, match=r"front: got a 400x320 .* calibrated at 960x640"):
+        pipeline.run({**frames, "front": odd})
+    truncated = frames["rear"][: len(frames["rear"]) // 2]
+    with pytest.raises(FrameError, match="rear: cannot decode image: truncated JPEG"):
+        pipeline.run({**frames, "rear": truncated})
+
+
+def test_images_smaller_by_a_whole_factor_are_accepted(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    frames = jpeg_frames(rig, seed=2)
+
+    def shrunk(data: bytes, factor: int) -> bytes:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return cv2.imencode(".png", cv2.resize(image, (960 // factor, 640 // factor), interpolation=cv2.INTER_AREA))[1].tobytes()
+
+    full = pipeline.run(frames).grid
+    for factor in (2, 4):
+        grid = pipeline.run({k: shrunk(v, factor) for k, v in frames.items()}).grid
+        assert np.mean(grid == full) > 0.9  # the same scene through the same 96x64 input; only resampling differs
+
+
+def test_batched_frame_sets_equal_one_at_a_time(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    sets = [jpeg_frames(rig, seed=s) for s in (3, 4)]
+    batched = pipeline.run_decoded([pipeline.decode(f) for f in sets])
+    for frames, result in zip(sets, batched, strict=True):
+        np.testing.assert_array_equal(result.grid, pipeline.run(frames).grid)
+        assert set(result.timings_ms) == {*STAGES, "total"}
+
+
+def test_fusion_only_warps_the_given_label_maps(rig: Rig, projector: BevProjector) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    rng = np.random.default_rng(5)
+    maps = {cam.name: rng.integers(0, 8, size=(320, 480), dtype=np.uint8) for cam in rig.cameras}
+    pngs = {k: cv2.imencode(".png", v)[1].tobytes() for k, v in maps.items()}
+    result = pipeline.fuse(pngs)
+    by_hand = projector.warp_labels(np.stack([resize_labels(maps[n][None], TINY.input_size_hw)[0] for n in rig.camera_names]))
+    np.testing.assert_array_equal(result.grid, by_hand)
+    with pytest.raises(FrameError, match="single-channel"):
+        pipeline.fuse({**pngs, "front": cv2.imencode(".png", np.zeros((320, 480, 3), np.uint8))[1].tobytes()})
+
+
+def test_a_model_input_that_does_not_fit_the_rig_is_refused(rig: Rig, projector: BevProjector) -> None:
+    square = replace(TINY, input_size_hw=(64, 64))
+    with pytest.raises(ModelError, match="does not fit rig"):
+        BevPipeline(rig, TorchSegmenter(tiny_model(), square, device="cpu"), projector=projector)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pipeline_copies_only_the_grid(rig: Rig, projector: BevProjector) -> None:
+    frames = jpeg_frames(rig)
+    cpu = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector).run(frames)
+    gpu = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cuda"), projector=projector).run(frames)
+    assert gpu.device_to_host_bytes == gpu.grid.nbytes
+    assert (gpu.grid != cpu.grid).mean() < 1e-3
