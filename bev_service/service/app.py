@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from bev_service import __version__
 from bev_service.service.errors import ApiError, BodyTooLargeError, error_response, register_error_handlers
 from bev_service.service.middleware import BodyLimit, add_middleware
 from bev_service.service.openapi import install_openapi
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="bev-service",
-        version="0.1.0",
+        version=__version__,
         summary="Surround-view camera frames to a bird's-eye-view label grid.",
         lifespan=lifespan,
     )
