@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.errors import FrameError
 from bev_service.geometry.projector import BevProjector
 from bev_service.imageio import check_camera_set, read_image, read_labels, write_png
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any) -> None:
@@ -75,4 +78,12 @@ def run(args: argparse.Namespace) -> int:
         "ego_share": float(projector.tables.ego.mean()),
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info(
+        "wrote %s (%s, %dx%d cells) and %s",
+        args.out,
+        meta["content"],
+        rig.grid.cols,
+        rig.grid.rows,
+        args.out.with_suffix(".json"),
+    )
     return 0

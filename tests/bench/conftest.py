@@ -1,5 +1,5 @@
-"""The tiny ONNX graph the pipeline bench test runs on (tests/networks.py)."""
+"""The tiny-network fixtures shared with the other network tests (tests/networks.py)."""
 
-from tests.networks import tiny_onnx
+from tests.networks import one_torch_thread, tiny_onnx
 
-__all__ = ["tiny_onnx"]
+__all__ = ["one_torch_thread", "tiny_onnx"]
