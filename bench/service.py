@@ -8,7 +8,7 @@ machine load, so the ratios hold on a shared machine):
 - WebSocket ``/v1/stream``: one frame set in flight (send, wait for its grid), msgpack as the contract says.
 Overheads are service time over in-process time: ``rest_overhead`` = REST JSON median / in-process median,
 ``ws_overhead`` = in-process frame sets per second / stream frame sets per second (with one in flight,
-frame sets per second = 1000 / mean latency). The goal (issue 5) is at most 1.15.
+frame sets per second = 1000 / mean latency). The goal is at most 1.15.
 
 The server is ``bev serve`` in a child process on a free 127.0.0.1 port, not uvicorn in a thread of this
 process: each side then has its own interpreter (GIL, allocator, thread pools) as in deployment, so the

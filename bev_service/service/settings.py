@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     backend: str = "auto"
     device: str | None = None  # torch device for the torch backend (cpu, cuda, cuda:1)
     # On ONNX Runtime with a .pt model: serve the int8 graph beside it (<stem>-int8.onnx, from bev quantize) when it
-    # was quantized from the .onnx there now, else the float .onnx (models/README.md: the same mIoU, 1.2x faster)
+    # was quantized from the .onnx there now, else the float .onnx (the model card: the same mIoU, 1.2x faster)
     int8: bool = True
     rig: Path = DEFAULT_RIG  # served under its rig_id; the default rig of requests
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start

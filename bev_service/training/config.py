@@ -38,7 +38,7 @@ RESUMABLE_CHANGES = frozenset(
         "render_cache",
     }
 )
-# Settings since removed (they did not help: models/README.md), with the value under which a run stored with
+# Settings since removed (they did not help: docs/tried.md), with the value under which a run stored with
 # one trained as today's code trains; a checkpoint stored with another value cannot be resumed.
 REMOVED_SETTINGS: dict[str, Any] = {"lovasz": 0.0, "focus_unit": "pixel", "distill": 0.0}
 
@@ -138,7 +138,7 @@ class PruneConfig(RunConfig):
     iterative_steps: int = 3
     finetune_steps: int = 500  # after every pruning step
     final_finetune_steps: int = 0  # more after the last step, in the same schedule (the pruned network's own training)
-    lr: float = 6e-3  # 1e-3, 2e-3, 4e-3 and 6e-3 gave 0.721, 0.736, 0.742 and 0.748 validation mIoU (models/README.md)
+    lr: float = 6e-3  # 1e-3, 2e-3, 4e-3 and 6e-3 gave 0.721, 0.736, 0.742 and 0.748 validation mIoU (docs/tried.md)
     warmup_steps: int = 20
     latency_batch: int = 4  # images per timed batch: one frame set of the default rig
     latency_repeats: int = 10

@@ -14,7 +14,7 @@ metadata entry, ``bev_quantization``, says how it was quantized, on what, and fr
 (its SHA-256). Quantization is done once, offline; the service only reads that record
 (``quantized_from``) to serve an int8 graph while the float graph beside it is the one it came from.
 
-Measured for the shipped pruned network (models/README.md, BENCHMARKS.md): the labels of the int8
+Measured for the shipped pruned network (the model card in shipped/models, BENCHMARKS.md): the labels of the int8
 graph agree with the float graph's on 99.8% of pixels, and drive image mIoU is unchanged at three digits.
 """
 

@@ -64,7 +64,7 @@ class BatchSampler:
     pixel of a random ``focus_ids`` class the image shows: pedestrians and cones cover 0.1-0.3% of the
     pixels, so uniform crops would show them a few times per hundred steps. Every pixel of the class is
     equally likely, so a near pole of 2,000 pixels draws 100 times the crops of a far one of 20 (drawing
-    per object instead scored lower: models/README.md).
+    per object instead scored lower: docs/tried.md).
     """
 
     def __init__(
@@ -155,7 +155,7 @@ class Trainer:
     "bf16" the forward pass runs under bfloat16 autocast (the loss and the weights stay float32): 1.4x
     faster steps on this machine's CPU, which has AMX and AVX512-BF16 (240 against 335 ms per step).
     The loss is the class-weighted cross-entropy alone (a Lovász-softmax term and distillation from the
-    unpruned network when fine-tuning a pruned one did not help: models/README.md).
+    unpruned network when fine-tuning a pruned one did not help: docs/tried.md).
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """The surround-view-4fisheye rig (surround-view-yaml importer) projected through ``BevProjector``: the
-acceptance test of issue 2 (checker parity in the mat's four plain corner blocks), the published
+checker parity test (parity in the mat's four plain corner blocks), the published
 result.png, and a cell-for-cell check of our tables against the source's own OpenCV pipeline.
 
 Figures are printed (run with ``-s`` to see them) and PNGs for a person to look at go to

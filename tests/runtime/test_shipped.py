@@ -89,6 +89,6 @@ def test_the_shipped_int8_graph_is_current_and_segments_like_the_float_graph(hel
     source, projector = held_out
     images = source[0].images
     agree = OnnxSegmenter(float_graph).segment(images).labels == int8.segment(images).labels
-    assert agree.mean() > 0.99  # measured 0.998 on data set 100000 (models/README.md)
+    assert agree.mean() > 0.99  # measured 0.998 on data set 100000 (the model card)
     report = evaluate(int8, source, projector=projector).report()
     assert report["image"]["miou"] > 0.63 and report["bev_vs_oracle"]["miou"] > 0.63, json.dumps(report["image"])
