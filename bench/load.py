@@ -44,7 +44,7 @@ from websockets.exceptions import WebSocketException
 
 from bench.common import json_line, machine
 from bench.service import (
-    FrameSet,
+    EncodedFrames,
     ServerProcess,
     choose_model,
     frame_sets,
@@ -103,7 +103,7 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} ms"
 
 
-def rest_client_loop(server: ServerProcess, frames: list[FrameSet], run: Run, tally: Tally, offset: int) -> None:
+def rest_client_loop(server: ServerProcess, frames: list[EncodedFrames], run: Run, tally: Tally, offset: int) -> None:
     i = offset
     with rest_client(server, timeout_s=30.0) as client:
         while not run.stop.is_set():
@@ -128,7 +128,7 @@ def rest_client_loop(server: ServerProcess, frames: list[FrameSet], run: Run, ta
             i += 1
 
 
-def stream_client_loop(server: ServerProcess, frames: list[FrameSet], run: Run, tally: Tally, offset: int) -> None:
+def stream_client_loop(server: ServerProcess, frames: list[EncodedFrames], run: Run, tally: Tally, offset: int) -> None:
     i = offset
     while not run.stop.is_set():
         try:
@@ -169,11 +169,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def run_load(args: Any, server: ServerProcess, frames: list[FrameSet]) -> dict[str, Any]:
+def run_load(args: Any, server: ServerProcess, frames: list[EncodedFrames]) -> dict[str, Any]:
     run = Run(backoff_s=args.backoff_ms / 1000.0)
     streams = min(args.stream_clients, args.clients)
     tallies = [Tally("stream" if k < streams else "rest") for k in range(args.clients)]
-    loops: dict[str, Callable[[ServerProcess, list[FrameSet], Run, Tally, int], None]] = {
+    loops: dict[str, Callable[[ServerProcess, list[EncodedFrames], Run, Tally, int], None]] = {
         "stream": stream_client_loop,
         "rest": rest_client_loop,
     }

@@ -76,7 +76,7 @@ SERVER_MAX_IMAGE_PIXELS = int(
     Settings.model_fields["max_image_pixels"].default
 )  # what the server runs with: no BEV_* passed  # the default rig's 2:3 aspect ratio
 
-FrameSet = dict[str, bytes]
+EncodedFrames = dict[str, bytes]  # one frame set as the API takes it: encoded image bytes by camera
 
 
 # -- the model and the frames ----------------------------------------------------------------------
@@ -121,7 +121,7 @@ def choose_model(args: Any, scratch: Path) -> tuple[Path, str, str]:
     return path, backend, note
 
 
-def frame_sets(rig: Rig, count: int, scale: float) -> list[FrameSet]:
+def frame_sets(rig: Rig, count: int, scale: float) -> list[EncodedFrames]:
     """``count`` rendered frame sets of the rig at ``scale`` of its image size, as the JPEG files a client sends."""
     return [dict(fs.jpeg) for _, _, fs in iter_frame_sets(rig, count=count, seed=HELD_OUT_SEED, scale=scale)]
 
@@ -222,7 +222,7 @@ def stream_connect(server: ServerProcess) -> ClientConnection:
     )
 
 
-def stream_round_trip(ws: ClientConnection, seq: int, frames: FrameSet, timeout_s: float = 60.0) -> dict[str, Any]:
+def stream_round_trip(ws: ClientConnection, seq: int, frames: EncodedFrames, timeout_s: float = 60.0) -> dict[str, Any]:
     """Send one frame set and wait for its reply (one in flight); the reply map as msgpack gives it."""
     ws.send(msgpack.packb({"seq": seq, "stamp": time.time(), "images": frames}, use_bin_type=True))
     reply = msgpack.unpackb(ws.recv(timeout=timeout_s), raw=False)
@@ -234,7 +234,7 @@ def stream_round_trip(ws: ClientConnection, seq: int, frames: FrameSet, timeout_
 # -- the measurement ------------------------------------------------------------------------------
 
 
-def cycled(frames: list[FrameSet], fn: Callable[[int, FrameSet], object]) -> Callable[[], None]:
+def cycled(frames: list[EncodedFrames], fn: Callable[[int, EncodedFrames], object]) -> Callable[[], None]:
     """A call that gives ``fn`` the next frame set (and its running number) each time."""
     counter = iter(range(10**9))
 
@@ -245,7 +245,7 @@ def cycled(frames: list[FrameSet], fn: Callable[[int, FrameSet], object]) -> Cal
     return one
 
 
-def check_grids(pipeline: BevPipeline, client: BevClient, ws: ClientConnection, frames: list[FrameSet]) -> dict[str, float]:
+def check_grids(pipeline: BevPipeline, client: BevClient, ws: ClientConnection, frames: list[EncodedFrames]) -> dict[str, float]:
     """Untimed: for each frame set, the fraction of cells on which REST (JSON, PNG, raw) and the stream
     agree with the in-process grid; the worst frame set counts."""
     worst = 1.0
@@ -267,14 +267,14 @@ def check_grids(pipeline: BevPipeline, client: BevClient, ws: ClientConnection, 
 
 
 def time_methods(
-    pipeline: BevPipeline, client: BevClient, ws: ClientConnection, frames: list[FrameSet], args: Any
+    pipeline: BevPipeline, client: BevClient, ws: ClientConnection, frames: list[EncodedFrames], args: Any
 ) -> tuple[list[Timing], list[float]]:
     """In process, REST JSON, REST PNG and the stream, interleaved call by call; also the pipeline's own
     time the server reported in each REST JSON reply (its ``timing_ms`` total)."""
     server_ms: list[float] = []
     stream_errors: list[str] = []
 
-    def stream_one(i: int, fs: FrameSet) -> None:
+    def stream_one(i: int, fs: EncodedFrames) -> None:
         reply = stream_round_trip(ws, i, fs)
         if "grid" not in reply:
             stream_errors.append(str(reply.get("error")))
@@ -349,7 +349,7 @@ def measure(args: Any, scratch: Path) -> tuple[list[Timing], dict[str, Any]]:
     return timings, figures
 
 
-def jpeg_size_hw(frames: FrameSet) -> tuple[int, int]:
+def jpeg_size_hw(frames: EncodedFrames) -> tuple[int, int]:
     """(height, width) of the first image of a frame set."""
     image = cv2.imdecode(np.frombuffer(next(iter(frames.values())), np.uint8), cv2.IMREAD_COLOR)
     assert image is not None, "the rendered JPEG does not decode"

@@ -313,7 +313,7 @@ def network_input(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 255.0
 
 
-def placed(model: ENet, device: torch.device | str | None = None, *, channels_last: bool = True) -> ENet:
+def on_device(model: ENet, device: torch.device | str | None = None, *, channels_last: bool = True) -> ENet:
     """``model`` moved to ``device`` (in place) with its weights channels-last (NHWC) or back to contiguous NCHW.
 
     Channels-last is oneDNN's native layout (and cuDNN's for bfloat16): a convolution whose input or weight is

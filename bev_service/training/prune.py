@@ -28,7 +28,7 @@ import torch
 import torch_pruning as tp
 from tqdm import tqdm
 
-from bev_service.runtime.enet import ENet, placed
+from bev_service.runtime.enet import ENet, on_device
 from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.runtime.weights import load_model, save_model
@@ -135,7 +135,7 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
         steps_run.append(len(losses))
         if losses:
             log.info("fine-tuned %d steps: loss %.3f -> %.3f", len(losses), np.mean(losses[:10]), np.mean(losses[-10:]))
-        placed(model, "cpu", channels_last=False).eval()
+        on_device(model, "cpu", channels_last=False).eval()
 
     prune_network(
         model, model_config.input_size_hw, ratio=config.ratio, iterative_steps=config.iterative_steps, after_step=after_step

@@ -30,7 +30,7 @@ from torch.nn import functional as F  # noqa: N812 (the PyTorch convention)
 from tqdm import tqdm
 
 from bev_service.errors import ModelError
-from bev_service.runtime.enet import ENet, network_input, placed
+from bev_service.runtime.enet import ENet, network_input, on_device
 from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.torch_backend import TorchSegmenter, default_device
 from bev_service.runtime.weights import read_payload, save_model
@@ -167,7 +167,7 @@ class Trainer:
         total_steps: int,
     ) -> None:
         self.device = default_device()
-        self.model = placed(model, self.device)
+        self.model = on_device(model, self.device)
         self.sampler = sampler
         self.weights = weights.to(self.device)
         self.config = config
@@ -298,7 +298,7 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     metrics = MetricsLog(out / "metrics.jsonl", start if payload else None)
     final = _loop(trainer, model_config, val_source, metrics, start) or validate(trainer.model, model_config, val_source)
     info: dict[str, Any] = {"train_config": asdict(config), "validation": final, "steps": config.steps}
-    model = placed(trainer.model, "cpu", channels_last=False)
+    model = on_device(trainer.model, "cpu", channels_last=False)
     if config.prior_correction:  # the checkpoint keeps the uncorrected network, so a resumed run trains on from it
         info["prior_correction"] = correct_prior(model, trainer.weights.cpu(), val_source)
         info["validation_before_prior_correction"] = final
