@@ -39,7 +39,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # bev_service/
 # What a rendered frame set depends on, besides the rig file and the render settings: these files, and the
 # functions of this module that render, write and read a cached set (``_CACHE_FUNCTIONS``; the rest of the
 # module, folders and evaluation sizes, can change without rendering 670 MB again).
-RENDER_CODE = ("synth", "geometry", "calib", "classes.py", "model/data.py")
+RENDER_CODE = ("synth", "geometry", "calib", "classes.py", "runtime/resize.py", "training/data.py")
 
 
 def render_source(rig: Rig, *, count: int, seed: int, input_size_hw: tuple[int, int], progress: bool = False) -> ArraySource:
