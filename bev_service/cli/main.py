@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OPTIONAL_MODULES = frozenset({"torch", "torch_pruning", "onnxscript"})  # the [torch] extra
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -34,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BevError as exc:
         print(f"bev: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in OPTIONAL_MODULES:
+            raise
+        # Serving needs neither; training, export and the torch backend do (the package's [torch] extra).
+        print(f"bev: error: this command needs {exc.name}, not installed: pip install 'bev-service[torch]'", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ FLOAT_GRAPH = MODELS / "enet-pruned.onnx"
 # torch set to None in sys.modules makes every `import torch` raise ImportError, as on an install without it.
 SCRIPT = """
 import sys
+from pathlib import Path
 sys.modules["torch"] = None
 import numpy as np
 import bev_service.service.app
@@ -44,3 +46,12 @@ def test_a_frame_set_runs_on_onnx_runtime_with_torch_unimportable() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused:" in done.stdout and "needs PyTorch" in done.stdout, "the torch backend says what is missing"
     assert "grid (400, 400)" in done.stdout
+
+
+def test_a_command_that_needs_torch_says_so_without_it(tmp_path: Path) -> None:
+    script = 'import sys; sys.modules["torch"] = None; from bev_service.cli.main import main; sys.exit(main(sys.argv[1:]))'
+    model = MODELS / "enet-pruned.pt"
+    args = ["export", "--model", str(model), "--out", str(tmp_path / "m.onnx")]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "needs torch, not installed" in done.stderr and "Traceback" not in done.stderr
