@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bev_service.imageio import DEFAULT_MAX_PIXELS
 from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 
 MIB = 1 << 20
@@ -31,7 +32,7 @@ class Settings(BaseSettings):
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
-    max_image_pixels: Annotated[int, Field(gt=0)] = 4096 * 4096  # per decoded image: a decompression bomb stops here
+    max_image_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS  # per decoded image: a decompression bomb stops here
     queue_size: Annotated[int, Field(ge=1)] = 8  # frame sets waiting for the network; beyond it 503 with Retry-After
     max_batch: Annotated[int, Field(ge=1)] = 2  # frame sets of one rig segmented in one network call
     confidence_fusion: bool = False
