@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bev_service.errors import CalibrationError
 from bev_service.geometry import cameras as cm
@@ -20,9 +20,25 @@ from bev_service.geometry.grid import BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.geometry.transforms import check_rotation, rigid, rotation_from_quaternion
 
-Range = tuple[float, float]
-Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
-Row4 = tuple[float, float, float, float]
+# Physical ranges: every number of a rig file is finite and within what a vehicle rig can mean, so a
+# typo (or a hostile 1e308) is a CalibrationError naming the field, never an overflow further on.
+MAX_RIG_CAMERAS = 64  # the file format's ceiling; a service caps lower (BEV_MAX_CAMERAS)
+MAX_IMAGE_SIDE_PX = 16384
+Metres = Annotated[float, Field(ge=-1000.0, le=1000.0)]  # positions, grid and ego ranges
+Pixels = Annotated[float, Field(ge=-1e5, le=1e5)]  # principal points, image centres
+FocalPixels = Annotated[float, Field(gt=0.0, le=1e6)]
+Coefficient = Annotated[float, Field(ge=-1e3, le=1e3)]  # distortion, xi, affine terms, matrix entries
+PolyCoefficient = Annotated[float, Field(ge=-1e9, le=1e9)]  # rho(theta) in pixels, ascending powers
+Entry = Annotated[float, Field(ge=-1e9, le=1e9)]  # homography entries (scale-free)
+ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE_PX)]
+Range = tuple[Metres, Metres]
+Matrix3 = tuple[tuple[Entry, Entry, Entry], tuple[Entry, Entry, Entry], tuple[Entry, Entry, Entry]]
+Row4 = tuple[Coefficient, Coefficient, Coefficient, Coefficient]
+
+# A rig file's YAML: at most this deep and this many values (a 64-camera rig is ~3,000); beyond, it is refused
+# while it is read, before anything is built from it.
+MAX_YAML_DEPTH = 16
+MAX_YAML_NODES = 20_000
 
 
 class StrictModel(BaseModel):
@@ -33,38 +49,38 @@ class StrictModel(BaseModel):
 
 class FisheyeModel(StrictModel):
     type: Literal["fisheye"]
-    fx: PositiveFloat
-    fy: PositiveFloat
-    cx: float
-    cy: float
-    k: tuple[float, float, float, float] = Field(description="Kannala-Brandt k1..k4 (OpenCV fisheye)")
+    fx: FocalPixels
+    fy: FocalPixels
+    cx: Pixels
+    cy: Pixels
+    k: tuple[Coefficient, Coefficient, Coefficient, Coefficient] = Field(description="Kannala-Brandt k1..k4 (OpenCV fisheye)")
     max_angle_deg: float | None = Field(default=None, gt=0, le=180)
 
 
 class PinholeModel(StrictModel):
     type: Literal["pinhole"]
-    fx: PositiveFloat
-    fy: PositiveFloat
-    cx: float
-    cy: float
-    dist: list[float] = Field(default_factory=list, max_length=5, description="OpenCV k1, k2, p1, p2[, k3]")
+    fx: FocalPixels
+    fy: FocalPixels
+    cx: Pixels
+    cy: Pixels
+    dist: list[Coefficient] = Field(default_factory=list, max_length=5, description="OpenCV k1, k2, p1, p2[, k3]")
 
 
 class MeiModel(StrictModel):
     type: Literal["mei"]
-    fx: PositiveFloat
-    fy: PositiveFloat
-    cx: float
-    cy: float
-    xi: float = Field(ge=0)
-    dist: list[float] = Field(default_factory=list, max_length=5, description="k1, k2, p1, p2[, k3]")
+    fx: FocalPixels
+    fy: FocalPixels
+    cx: Pixels
+    cy: Pixels
+    xi: float = Field(ge=0, le=1e3)
+    dist: list[Coefficient] = Field(default_factory=list, max_length=5, description="k1, k2, p1, p2[, k3]")
 
 
 class OcamModel(StrictModel):
     type: Literal["ocam"]
-    inverse_poly: list[float] = Field(min_length=2, description="rho(theta), ascending powers")
-    center_xy: tuple[float, float]
-    affine_cde: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    inverse_poly: list[PolyCoefficient] = Field(min_length=2, max_length=16, description="rho(theta), ascending powers")
+    center_xy: tuple[Pixels, Pixels]
+    affine_cde: tuple[Coefficient, Coefficient, Coefficient] = (1.0, 0.0, 0.0)
     max_angle_deg: float | None = Field(default=None, gt=0, le=180)
 
 
@@ -75,8 +91,8 @@ class PoseSpec(StrictModel):
     """``matrix`` (4x4), or ``quaternion_wxyz`` with ``translation_m``."""
 
     matrix: tuple[Row4, Row4, Row4, Row4] | None = None
-    quaternion_wxyz: tuple[float, float, float, float] | None = None
-    translation_m: tuple[float, float, float] | None = None
+    quaternion_wxyz: tuple[Coefficient, Coefficient, Coefficient, Coefficient] | None = None
+    translation_m: tuple[Metres, Metres, Metres] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> PoseSpec:
@@ -92,7 +108,7 @@ class HomographySpec(StrictModel):
 
 class CameraSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    image_size_hw: tuple[PositiveInt, PositiveInt]
+    image_size_hw: tuple[ImageSide, ImageSide]
     model: ModelSpec
     vehicle_from_camera: PoseSpec | None = None
     ground_homography: HomographySpec | None = None
@@ -110,7 +126,13 @@ MAX_GRID_CELLS = 2048 * 2048
 class GridSpec(StrictModel):
     x_range_m: Range
     y_range_m: Range
-    cell_size_m: PositiveFloat
+    cell_size_m: float = Field(ge=0.001, le=100.0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) the grid will have, known before anything is built (at most 2,000,000 each)."""
+        (x0, x1), (y0, y1) = self.x_range_m, self.y_range_m
+        return max(0, round((x1 - x0) / self.cell_size_m)), max(0, round((y1 - y0) / self.cell_size_m))
 
 
 class EgoSpec(StrictModel):
@@ -119,17 +141,17 @@ class EgoSpec(StrictModel):
 
 
 class VehicleFrameSpec(StrictModel):
-    origin: str = "centre of the vehicle footprint on the ground"
+    origin: str = Field(default="centre of the vehicle footprint on the ground", max_length=500)
 
 
 class RigSpec(StrictModel):
     rig_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    version: str = "1"
-    description: str = ""
+    version: str = Field(default="1", max_length=64)
+    description: str = Field(default="", max_length=10_000)
     vehicle_frame: VehicleFrameSpec = VehicleFrameSpec()
     grid: GridSpec
     ego: EgoSpec
-    cameras: list[CameraSpec] = Field(min_length=1)
+    cameras: list[CameraSpec] = Field(min_length=1, max_length=MAX_RIG_CAMERAS)
 
 
 # --- spec -> geometry -----------------------------------------------------------------------
@@ -198,7 +220,7 @@ def _camera(spec: CameraSpec) -> Camera:
 def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
     try:
         grid = BevGrid(spec.grid.x_range_m, spec.grid.y_range_m, spec.grid.cell_size_m)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise CalibrationError(str(exc), field="grid") from exc
     if grid.rows * grid.cols > MAX_GRID_CELLS:
         # The tables hold a few bytes per cell per camera: a millimetre grid would ask for gigabytes.
@@ -256,25 +278,80 @@ def _location(spec_data: Any, loc: tuple[int | str, ...]) -> tuple[str | None, s
     return camera, ".".join(str(p) for p in parts) or ("(camera)" if camera else "(root)")
 
 
-def rig_from_dict(data: Any, source_text: str = "") -> Rig:
+def spec_from_dict(data: Any) -> RigSpec:
     try:
-        spec = RigSpec.model_validate(data)
+        return RigSpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         camera, field = _location(data, first["loc"])
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise CalibrationError(f"{first['msg']}{more}", camera=camera, field=field) from exc
-    return rig_from_spec(spec, source_text)
+
+
+def rig_from_dict(data: Any, source_text: str = "") -> Rig:
+    return rig_from_spec(spec_from_dict(data), source_text)
+
+
+# libyaml's C parser where PyYAML was built with it (a 1 MiB file in milliseconds, not seconds).
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def check_yaml_shape(text: str) -> None:
+    """CalibrationError, while reading, for YAML nested deeper than ``MAX_YAML_DEPTH`` or holding more
+    than ``MAX_YAML_NODES`` values, counting an alias (``*name``) as the whole subtree it stands for: a
+    few kilobytes of nested aliases would otherwise unfold into gigabytes. Iterative: no recursion to run
+    out of, and a huge document stops at its first node over the limit."""
+    nodes = 0
+    anchored: dict[str, tuple[int, int]] = {}  # anchor: (nodes, depth) of its subtree
+    open_: list[list[Any]] = []  # per open collection: [anchor, nodes at its start, its deepest level below]
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            below = 0
+            if isinstance(event, yaml.AliasEvent):
+                size, below = anchored.get(event.anchor or "", (1, 0))
+                nodes += size
+            elif isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+                if event.anchor:
+                    anchored[event.anchor] = (1, 0)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                nodes += 1
+                open_.append([event.anchor, nodes - 1, 0])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, began, deepest = open_.pop()
+                if anchor:
+                    anchored[anchor] = (nodes - began, deepest + 1)
+                below = deepest + 1
+            if open_:
+                open_[-1][2] = max(open_[-1][2], below)
+            if len(open_) + below > MAX_YAML_DEPTH:  # the levels open now, and those an ended or aliased subtree had
+                raise CalibrationError(f"nested more than {MAX_YAML_DEPTH} levels deep; a rig file is not that deep")
+            if nodes > MAX_YAML_NODES:
+                raise CalibrationError(
+                    f"more than {MAX_YAML_NODES} values (aliases counted unfolded); a rig file holds a few thousand"
+                )
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"not valid YAML: {exc}") from exc
+
+
+def read_rig_spec(text: str) -> RigSpec:
+    """A rig file's text (YAML; JSON is YAML too) to its validated schema, before any geometry is built.
+    Every problem is a CalibrationError: bad YAML, too deep or too large (``check_yaml_shape``), a missing
+    or out-of-range field."""
+    check_yaml_shape(text)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"not valid YAML: {exc}") from exc
+    except (RecursionError, OverflowError, ValueError) as exc:  # a scalar PyYAML's constructors cannot hold
+        raise CalibrationError(f"not a usable rig file: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if not isinstance(data, dict):
+        raise CalibrationError(f"a rig file must be a YAML mapping, got {type(data).__name__}")
+    return spec_from_dict(data)
 
 
 def rig_from_yaml(text: str) -> Rig:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CalibrationError(f"a rig file must be a YAML mapping, got {type(data).__name__}")
-    return rig_from_dict(data, text)
+    return rig_from_spec(read_rig_spec(text), text)
 
 
 def load_rig(path: str | Path) -> Rig:

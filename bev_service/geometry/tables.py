@@ -18,6 +18,7 @@ from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
 from bev_service.geometry.rig import Rig, ground_density
 
 NO_CAMERA = -1
+MAX_OWNER_CAMERAS = int(np.iinfo(np.int8).max)  # 127: the widest rig the int8 owner index can name
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def view_weight(off_axis_rad: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def build_ground_tables(rig: Rig) -> GroundTables:
     """Project every cell centre into every camera and pick each cell's owner (vectorised)."""
+    if len(rig.cameras) > MAX_OWNER_CAMERAS:
+        # The owner index is int8: a 129th camera would wrap to -127 and read another camera's pixels.
+        raise ValueError(f"{len(rig.cameras)} cameras; the owner index holds at most {MAX_OWNER_CAMERAS}")
     grid = rig.grid
     centres = grid.cell_centres()  # (rows, cols, 2)
     ego = rig.ego.contains(centres)

@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Surround-view camera frames to a bird's-eye-view label grid.",
         lifespan=lifespan,
+        docs_url=None,  # served from a package by routers/docs.py: offline, unlike FastAPI's CDN page
+        redoc_url=None,
     )
     app.state.bev = state
     add_middleware(app, state)

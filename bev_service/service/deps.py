@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from typing import Annotated
 
@@ -25,12 +27,34 @@ def token_ok(settings: Settings, given: str | None) -> bool:
     return hmac.compare_digest((given or "").encode(), settings.api_token.encode())
 
 
+STREAM_PROTOCOL = "bev.v1"  # the subprotocol the stream answers when a client offers it
+TOKEN_PROTOCOL_PREFIX = "bev-token."  # then the token, base64url without padding
+
+
+def offered_protocols(connection: HTTPConnection) -> list[str]:
+    return [p.strip() for p in connection.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+
+
 def connection_token(connection: HTTPConnection) -> str | None:
-    """``Authorization: Bearer`` or, for browsers' WebSockets that cannot set headers, ``?token=``."""
+    """``Authorization: Bearer``; for browsers' WebSockets, which cannot set headers, the subprotocol
+    ``bev-token.<base64url token>`` (offered beside ``bev.v1``); last, ``?token=`` (kept out of the access log)."""
     header = connection.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
+    for protocol in offered_protocols(connection):
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
+            encoded = protocol.removeprefix(TOKEN_PROTOCOL_PREFIX)
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None  # refused like a wrong token
     return connection.query_params.get("token")
+
+
+def stream_subprotocol(connection: HTTPConnection) -> str | None:
+    """The subprotocol to accept with: ``bev.v1`` when offered (a browser that offered any subprotocol
+    fails the connection unless one is chosen); the token's own is never echoed back."""
+    return STREAM_PROTOCOL if STREAM_PROTOCOL in offered_protocols(connection) else None
 
 
 def get_state(connection: HTTPConnection) -> ServiceState:
@@ -44,7 +68,13 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 def require_token(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     if not token_ok(state.settings, credentials.credentials if credentials is not None else None):
-        raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)")
+        error = ', error="invalid_token"' if credentials is not None else ""
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            {"WWW-Authenticate": f'Bearer realm="bev-service"{error}'},
+        )
 
 
 def ready_state(state: State) -> ServiceState:
@@ -65,4 +95,17 @@ def ready_store(state: Ready) -> RigStore:
 Store = Annotated[RigStore, Depends(ready_store)]
 Token = Depends(require_token)
 
-__all__ = ["Ready", "State", "Store", "Token", "bearer", "connection_token", "get_state", "require_token", "token_ok"]
+__all__ = [
+    "STREAM_PROTOCOL",
+    "TOKEN_PROTOCOL_PREFIX",
+    "Ready",
+    "State",
+    "Store",
+    "Token",
+    "bearer",
+    "connection_token",
+    "get_state",
+    "require_token",
+    "stream_subprotocol",
+    "token_ok",
+]

@@ -3,8 +3,9 @@
 The event loop never runs the network. A request decodes its frames in the engine's decode pool (so
 a bad image is refused without ever queueing), then queues its decoded frame set; the worker takes
 the oldest and up to ``max_batch - 1`` more of the same rig entry and runs them through one network
-call. When ``queue_size`` frame sets wait already, ``submit`` raises ``OverloadedError`` at once (503 with
-Retry-After) instead of letting latency grow without bound.
+call. Admission bounds the whole path: at most ``queue_size + max_batch`` requests are in the engine at
+once (decoding, waiting, in the network, or fusing label maps), and one more is refused with
+``OverloadedError`` at once (503 with Retry-After) instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +51,7 @@ class Engine:
         self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._inside = 0  # requests admitted and not answered yet
         self._recent_ms: deque[float] = deque(maxlen=16)  # network time per frame set, for Retry-After
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="bev-request")
         self._worker = threading.Thread(target=self._run, name="bev-engine", daemon=True)
@@ -57,16 +60,35 @@ class Engine:
     # -- public, called from the event loop ---------------------------------------------------
 
     async def infer(self, entry: RigEntry, frames: Frames) -> BevResult:
-        """Decode (in the pool), queue, and wait for the grid. FrameError / OverloadedError on bad input or a full queue."""
-        self._check_room()
-        loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(self._decode_pool, entry.pipeline.decode, frames)
-        return await asyncio.wrap_future(self.submit(entry, decoded))
+        """Decode (in the pool), queue, and wait for the grid. FrameError / OverloadedError on bad input or a full engine."""
+        with self._admitted():
+            loop = asyncio.get_running_loop()
+            decoded = await loop.run_in_executor(self._decode_pool, lambda: entry.pipeline.decode(frames))
+            return await asyncio.wrap_future(self.submit(entry, decoded))
 
     async def fuse(self, entry: RigEntry, label_maps: Frames) -> BevResult:
-        """Fusion only (no network): runs in the decode pool, beside the worker."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, entry.pipeline.fuse, label_maps)
+        """Fusion only (no network): runs in the decode pool, beside the worker, under the same admission."""
+        with self._admitted():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._decode_pool, lambda: entry.pipeline.fuse(label_maps))
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        with self._cond:
+            self._check_room()
+            limit = self.queue_size + self.max_batch
+            if self._inside >= limit:
+                self.metrics.rejected.inc()
+                raise OverloadedError(
+                    f"{self._inside} frame sets are waiting or running (the limit is {limit}: BEV_QUEUE_SIZE + BEV_MAX_BATCH)",
+                    self.retry_after_s(),
+                )
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
 
     def submit(self, entry: RigEntry, decoded: Decoded) -> Future[BevResult]:
         future: Future[BevResult] = Future()

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bev_service.errors import BevError, CalibrationError, FrameError, ModelError
 
 # WebSocket close codes (RFC 6455 section 7.4.1) the stream uses.
+CLOSE_GOING_AWAY = 1001  # an idle session, closed by the service
 CLOSE_UNSUPPORTED = 1003  # a text frame
 CLOSE_INVALID = 1007  # bytes that are not msgpack
 CLOSE_POLICY = 1008  # missing or wrong token
@@ -39,8 +40,28 @@ class BodyTooLargeError(Exception):
     """Raised from inside the body stream by ``BodyLimit``, so it has no size of its own."""
 
 
+class BodyTimeoutError(Exception):
+    """Raised from inside the body stream when a client stops sending its body (``timeout_body_s``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no part of the request body arrived for {seconds:g} s")
+        self.seconds = seconds
+
+
 class UnknownRigError(BevError):
     """No rig with this id."""
+
+
+class ReadOnlyRigError(BevError):
+    """A PUT or DELETE of the served rig file, or a DELETE of the default."""
+
+
+class LimitError(BevError):
+    """Over one of the service's limits; the message names its setting (``BEV_<SETTING>``)."""
+
+    def __init__(self, message: str, setting: str, *, status: int = 422) -> None:
+        super().__init__(f"{message} (limit: BEV_{setting.upper()})")
+        self.setting, self.status = setting, status
 
 
 class OverloadedError(BevError):
@@ -81,6 +102,8 @@ class ErrorReply:
 # Most specific first: UnknownRigError and OverloadedError are BevErrors too.
 DOMAIN_ERRORS: tuple[tuple[type[BevError], int, str], ...] = (
     (UnknownRigError, 404, "unknown_rig"),
+    (ReadOnlyRigError, 409, "read_only"),
+    (LimitError, 422, "limit"),
     (OverloadedError, 503, "overloaded"),
     (CalibrationError, 422, "bad_rig"),
     (FrameError, 422, "bad_frame"),
@@ -97,6 +120,8 @@ def describe(exc: BevError) -> ErrorReply:
         return ErrorReply(status, kind, str(exc), {"Retry-After": str(seconds)}, exc.retry_after_s, stream_says_kind=True)
     if isinstance(exc, ModelError):
         return ErrorReply(status, kind, str(exc), {"Retry-After": MODEL_RETRY_AFTER_S})
+    if isinstance(exc, LimitError):
+        return ErrorReply(exc.status, kind, str(exc))
     return ErrorReply(status, kind, str(exc))
 
 
@@ -119,6 +144,10 @@ def register_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     async def too_large(request: Request, exc: Exception) -> JSONResponse:
         return error_response(413, "too_large", f"request body exceeds the {max_body_bytes}-byte limit")
 
+    async def body_timeout(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BodyTimeoutError)
+        return error_response(408, "timeout", str(exc), {"Connection": "close"})
+
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
@@ -132,5 +161,6 @@ def register_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(BevError, bev_error)
     app.add_exception_handler(BodyTooLargeError, too_large)
+    app.add_exception_handler(BodyTimeoutError, body_timeout)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,9 +1,14 @@
-"""The rigs a service knows, each with its pipeline (lookup tables built), swapped in whole.
+"""The rigs a service knows, each with its pipeline (lookup tables built once), swapped in whole.
 
 A request takes one ``RigEntry`` when it arrives and keeps it to the end, so a rig PUT while it is in
 flight cannot mix two calibrations: it is answered entirely with the old rig or entirely with the new one.
-A PUT validates the YAML, builds the new tables off the event loop, writes the file atomically and
-only then replaces the entry.
+A PUT validates the file, checks the store's limits, builds the new tables off the event loop, writes
+the file atomically and only then replaces the entry.
+
+The served rig file (``BEV_RIG``) is read-only: a PUT or DELETE of its id is refused, and a stored file
+of that id is ignored. A stored rig becomes the default with ``BEV_DEFAULT_RIG_ID``. Stored rigs are
+read at start but their tables are built when first used, or in the background once the service is
+ready, so a restart with many stored rigs is as quick as a fresh start.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ from functools import cached_property
 from pathlib import Path
 
 from bev_service.calib.coverage import coverage_of, coverage_picture
-from bev_service.calib.rigfile import load_rig, rig_from_yaml, save_rig
+from bev_service.calib.rigfile import load_rig, read_rig_spec, rig_from_spec, save_rig
 from bev_service.errors import BevError, CalibrationError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_png
 from bev_service.runtime.pipeline import BevPipeline
-from bev_service.service.errors import UnknownRigError
+from bev_service.service.errors import LimitError, ReadOnlyRigError, UnknownRigError
 
-__all__ = ["RIG_ID", "RigEntry", "RigStore", "UnknownRigError", "check_rig_id"]
+__all__ = ["RIG_ID", "RigEntry", "RigLimits", "RigStore", "UnknownRigError", "check_rig_id"]
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +47,67 @@ def check_rig_id(rig_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class RigLimits:
+    """What the store accepts; each is a setting (``BEV_<NAME>``), named in the error that refuses a rig."""
+
+    max_rigs: int = 16  # stored rigs, besides the served rig file
+    max_cameras: int = 16
+    max_rig_cells: int = 4 * 1024 * 1024  # grid cells times cameras of one rig: its tables' size
+    max_total_cells: int = 16 * 1024 * 1024  # the same, summed over the stored rigs
+
+    def check(self, cameras: int, grid_shape: tuple[int, int]) -> None:
+        """LimitError for a rig of ``cameras`` over a grid of ``grid_shape`` over the per-rig limits:
+        checked on the file's schema, before any table (or even the rig) is built."""
+        if cameras > self.max_cameras:
+            raise LimitError(f"{cameras} cameras; this service takes at most {self.max_cameras} per rig", "max_cameras")
+        rows, cols = grid_shape
+        if rows * cols * cameras > self.max_rig_cells:
+            raise LimitError(
+                f"{rows} x {cols} cells times {cameras} cameras is {rows * cols * cameras}; this service takes at most "
+                f"{self.max_rig_cells} per rig (use larger cells or a smaller grid)",
+                "max_rig_cells",
+            )
+
+
+def cell_cameras(rig: Rig) -> int:
+    return rig.grid.rows * rig.grid.cols * len(rig.cameras)
+
+
 class RigEntry:
-    rig: Rig
-    pipeline: BevPipeline
-    path: Path | None  # the file it was loaded from or stored in
+    """One rig and its pipeline, built on first use (once, whichever thread asks first)."""
+
+    def __init__(self, rig: Rig, path: Path | None, build: Callable[[Rig], BevPipeline], pipeline: BevPipeline | None = None):
+        self.rig = rig
+        self.path = path  # the file it was loaded from or stored in
+        self._build = build
+        self._pipeline = pipeline
+        self._failure: str | None = None
+        self._lock = threading.Lock()
 
     @property
     def rig_id(self) -> str:
         return self.rig.rig_id
+
+    @property
+    def built(self) -> bool:
+        return self._pipeline is not None
+
+    @property
+    def pipeline(self) -> BevPipeline:
+        """The pipeline, built now if it was not yet (seconds: call it off the event loop). CalibrationError
+        when the served model cannot run on this rig."""
+        if self._pipeline is None:
+            with self._lock:
+                if self._pipeline is None:
+                    if self._failure is None:
+                        try:
+                            self._pipeline = self._build(self.rig)
+                        except ModelError as exc:  # e.g. cameras of another aspect ratio than the network's input
+                            self._failure = f"the served model cannot run on this rig: {exc}"
+                    if self._failure is not None:
+                        raise CalibrationError(self._failure, field="cameras")
+        assert self._pipeline is not None
+        return self._pipeline
 
     @cached_property
     def coverage_png(self) -> bytes:
@@ -59,24 +117,45 @@ class RigEntry:
         picture, _ = coverage_picture(tables, coverage_of(tables))
         return encode_png(picture)
 
+    def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
+
 
 class RigStore:
     """Rig id to ``RigEntry``; reads are lock-free (one dict lookup), writes are serialised."""
 
-    def __init__(self, make_pipeline: Callable[[Rig], BevPipeline], rigs_dir: Path, default_rig: Path) -> None:
+    def __init__(
+        self,
+        make_pipeline: Callable[[Rig], BevPipeline],
+        rigs_dir: Path,
+        rig_file: Path,
+        *,
+        limits: RigLimits | None = None,
+        default_id: str | None = None,
+    ) -> None:
         self._make_pipeline = make_pipeline
         self.rigs_dir = rigs_dir
+        self.limits = limits or RigLimits()
         self._entries: dict[str, RigEntry] = {}
         self._write_lock = threading.Lock()
-        default = load_rig(default_rig)
-        check_rig_id(default.rig_id)
-        self.default_id = default.rig_id
-        self._entries[default.rig_id] = RigEntry(default, make_pipeline(default), default_rig)
+        served = load_rig(rig_file)
+        check_rig_id(served.rig_id)
+        self.read_only_id = served.rig_id
+        self._entries[served.rig_id] = RigEntry(served, rig_file, make_pipeline)
         self._load_dir()
+        self.default_id = default_id or served.rig_id
+        if self.default_id not in self._entries:
+            raise CalibrationError(
+                f"BEV_DEFAULT_RIG_ID names rig {self.default_id!r}, which is neither the rig file's "
+                f"({served.rig_id!r}) nor a stored rig in {rigs_dir}",
+                field="default_rig_id",
+            )
+        self.get(None).pipeline  # noqa: B018 (the default's tables are built before the service says ready)
 
     def _load_dir(self) -> None:
-        """Rigs stored by earlier PUTs; a stored rig with the default's id replaces it. A bad file is
-        logged and skipped: one broken rig must not keep the service from starting."""
+        """Rigs stored by earlier PUTs, read but not built. A bad file, one of the served rig file's id, or
+        one over the limits is logged and skipped: one broken rig must not keep the service from starting."""
         if not self.rigs_dir.is_dir():
             return
         for path in sorted(self.rigs_dir.glob("*.yaml")):
@@ -85,9 +164,14 @@ class RigStore:
                 if rig.rig_id != path.stem:
                     raise CalibrationError(f"rig_id {rig.rig_id!r} differs from the file name", field="rig_id")
                 check_rig_id(rig.rig_id)
-                self._entries[rig.rig_id] = RigEntry(rig, self._make_pipeline(rig), path)
+                if rig.rig_id == self.read_only_id:
+                    raise CalibrationError("has the served rig file's id, which is read-only", field="rig_id")
+                self._check_room(rig)
+                self._entries[rig.rig_id] = RigEntry(rig, path, self._make_pipeline)
             except BevError as exc:
                 log.error("skipping stored rig %s: %s", path, exc)
+
+    # -- reads ------------------------------------------------------------------------------------
 
     def ids(self) -> list[str]:
         return sorted(self._entries)
@@ -102,25 +186,83 @@ class RigStore:
             raise UnknownRigError(f"unknown rig {key!r}; known rigs: {', '.join(self.ids())}")
         return entry
 
-    def put(self, rig_id: str, yaml_text: str) -> tuple[RigEntry, bool]:
-        """Validate, build the tables, store atomically, swap in. Returns the entry and whether it is new."""
-        check_rig_id(rig_id)
-        rig = rig_from_yaml(yaml_text)
-        if rig.rig_id != rig_id:
-            raise CalibrationError(f"the file's rig_id {rig.rig_id!r} differs from the id in the path {rig_id!r}", field="rig_id")
-        with self._write_lock:
+    def stored(self, except_id: str | None = None) -> list[RigEntry]:
+        return [e for k, e in self._entries.items() if k != self.read_only_id and k != except_id]
+
+    def build_all(self, stop: threading.Event | None = None) -> None:
+        """Builds every rig's tables not built yet, one at a time, until ``stop`` is set (for a background
+        thread once the service is ready)."""
+        for entry in self.entries():
+            if stop is not None and stop.is_set():
+                return
             try:
-                pipeline = self._make_pipeline(rig)  # the slow part (lookup tables), before anything changes
-            except ModelError as exc:  # e.g. cameras of another aspect ratio than the network's input
-                raise CalibrationError(f"the served model cannot run on this rig: {exc}", field="cameras") from exc
+                entry.pipeline  # noqa: B018
+            except BevError as exc:
+                log.error("stored rig %s cannot be served: %s", entry.rig_id, exc)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _check_writable(self, rig_id: str) -> None:
+        if rig_id == self.read_only_id:
+            raise ReadOnlyRigError(
+                f"rig {rig_id!r} is the served rig file and read-only; store your rig under another id "
+                "(and serve it as the default with BEV_DEFAULT_RIG_ID)"
+            )
+
+    def _check_room(self, rig: Rig) -> None:
+        """LimitError unless ``rig`` fits the limits beside the stored rigs (other than one of its own id)."""
+        self.limits.check(len(rig.cameras), rig.grid.shape)
+        others = self.stored(except_id=rig.rig_id)
+        if len(others) >= self.limits.max_rigs:
+            raise LimitError(
+                f"{len(others)} rigs are stored, the most this service keeps; delete one first (DELETE /v1/rigs/{{id}})",
+                "max_rigs",
+                status=409,
+            )
+        total = sum(cell_cameras(e.rig) for e in others) + cell_cameras(rig)
+        if total > self.limits.max_total_cells:
+            raise LimitError(
+                f"the stored rigs would hold {total} cells times cameras, over this service's {self.limits.max_total_cells}; "
+                "delete a rig first or use larger cells",
+                "max_total_cells",
+                status=409,
+            )
+
+    def put(self, rig_id: str, text: str) -> tuple[RigEntry, bool]:
+        """Validate, check the limits, build the tables, store atomically, swap in. Returns the entry and
+        whether it is new. Slow (the tables): call it off the event loop."""
+        check_rig_id(rig_id)
+        self._check_writable(rig_id)
+        spec = read_rig_spec(text)
+        if spec.rig_id != rig_id:
+            raise CalibrationError(f"the file's rig_id {spec.rig_id!r} differs from the path's {rig_id!r}", field="rig_id")
+        self.limits.check(len(spec.cameras), spec.grid.shape)
+        rig = rig_from_spec(spec, text)
+        with self._write_lock:
+            self._check_room(rig)
+            entry = RigEntry(rig, self.rigs_dir / f"{rig_id}.yaml", self._make_pipeline)
+            entry.pipeline  # noqa: B018 (the slow part, before anything changes; CalibrationError if the model cannot run on it)
             self.rigs_dir.mkdir(parents=True, exist_ok=True)
-            path = self.rigs_dir / f"{rig_id}.yaml"
-            save_rig(rig, path, description=f"stored by PUT /v1/rigs/{rig_id}")
+            assert entry.path is not None
+            save_rig(rig, entry.path, description=f"stored by PUT /v1/rigs/{rig_id}")
             old = self._entries.get(rig_id)
-            self._entries[rig_id] = RigEntry(rig, pipeline, path)  # one reference assignment: the swap
+            self._entries[rig_id] = entry  # one reference assignment: the swap
         log.info("rig %s %s (fingerprint %s)", rig_id, "replaced" if old else "added", rig.fingerprint)
-        return self._entries[rig_id], old is None
+        return entry, old is None
+
+    def delete(self, rig_id: str) -> None:
+        """Removes a stored rig and its file. Requests holding its entry finish with it."""
+        check_rig_id(rig_id)
+        self._check_writable(rig_id)
+        with self._write_lock:
+            entry = self.get(rig_id)  # UnknownRigError
+            if rig_id == self.default_id:
+                raise ReadOnlyRigError(f"rig {rig_id!r} is this service's default (BEV_DEFAULT_RIG_ID); it cannot be deleted")
+            del self._entries[rig_id]
+            if entry.path is not None:
+                entry.path.unlink(missing_ok=True)
+        log.info("rig %s deleted", rig_id)
 
     def close(self) -> None:
         for entry in self._entries.values():
-            entry.pipeline.close()
+            entry.close()

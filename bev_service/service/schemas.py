@@ -25,6 +25,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "malformed request",
         401: "missing or wrong bearer token",
         404: "unknown rig",
+        406: "none of the media types in Accept is offered",
+        408: "the request body stopped arriving (BEV_TIMEOUT_BODY_S)",
+        409: "the rig is read-only, or the rig store is full",
         413: "body or image too large",
         415: "unsupported content type",
         422: "unusable frame set or rig file",
@@ -48,8 +51,6 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: Literal[True] = True
-    rigs: list[str]
-    backend: str | None
 
 
 class NotReady(BaseModel):

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bev_service.calib.rigfile import MAX_RIG_CAMERAS
 from bev_service.imageio import DEFAULT_MAX_PIXELS
 from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
     int8: bool = True
     rig: Path = DEFAULT_RIG  # served under its rig_id; the default rig of requests
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start
+    # A stored rig to serve as the default instead of the rig file's (the shipped default is never overwritten)
+    default_rig_id: str | None = None
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
     max_image_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS  # per decoded image: a decompression bomb stops here
@@ -38,6 +41,20 @@ class Settings(BaseSettings):
     confidence_fusion: bool = False
     warmup: bool = True
     ws_max_message_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
+    # -- the rig store (README, "Limits") --
+    max_rigs: Annotated[int, Field(ge=0)] = 16  # rigs stored by PUT, besides the default
+    max_cameras: Annotated[int, Field(ge=1, le=MAX_RIG_CAMERAS)] = 16  # per rig; REST and the stream take as many
+    max_rig_cells: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024  # grid cells times cameras of one rig (~35 bytes each)
+    max_total_cells: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024  # the same summed over the stored rigs
+    max_rig_bytes: Annotated[int, Field(gt=0)] = MIB  # a rig file (YAML or JSON)
+    # -- connections --
+    max_connections: Annotated[int, Field(ge=1)] = 256  # open HTTP connections; beyond it 503, far beyond it closed at once
+    max_streams: Annotated[int, Field(ge=1)] = 32  # WebSocket sessions; beyond it closed with 1013
+    timeout_headers_s: Annotated[float, Field(gt=0)] = 10.0  # for a request's headers, from its first byte
+    timeout_body_s: Annotated[float, Field(gt=0)] = 30.0  # between two pieces of a request's body; beyond it 408
+    timeout_keep_alive_s: Annotated[float, Field(gt=0)] = 5.0  # an idle keep-alive connection is closed
+    ws_idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # a stream that sends no frame set for this long is closed (1001)
+    ws_ping_interval_s: Annotated[float, Field(gt=0)] = 20.0  # pings; a peer that does not answer within as long is dropped
     demo_frames: Annotated[int, Field(ge=1)] = 24  # frame sets of the viewer's built-in synthetic drive
     demo_scale: Annotated[float, Field(gt=0, le=1.0)] = 1.0  # the drive is rendered at this fraction of the rig's image size
     log_level: str = "info"

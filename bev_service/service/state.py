@@ -1,8 +1,9 @@
 """What one running app holds: settings, metrics, and (once loaded) the model, the rigs and the engine.
 
 Loading runs in a background thread started with the app, so ``/healthz`` answers at once and
-``/readyz`` says 503 until the model is loaded, every rig's tables are built and a warm-up frame set
-has gone through the network.
+``/readyz`` says 503 until the model is loaded, the default rig's tables are built and a warm-up frame
+set has gone through the network. The stored rigs' tables are built after that, in the same thread
+(or on first use, whichever comes first).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bev_service.runtime.segmenter import Segmenter, cuda_available, load_segmen
 from bev_service.service.demo import DemoDrive
 from bev_service.service.engine import Engine
 from bev_service.service.metrics import Metrics
-from bev_service.service.rigs import RigStore
+from bev_service.service.rigs import RigLimits, RigStore
 from bev_service.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class ServiceState:
         self.model_info: dict[str, Any] = {}
         self.started_at = time.time()
         self._demo: DemoDrive | None = None
+        self._closing = threading.Event()
         self._loader = threading.Thread(target=self._load, name="bev-load", daemon=True)
 
     def start(self) -> None:
@@ -115,19 +117,26 @@ class ServiceState:
                 "input_size_hw": list(self.segmenter.input_size_hw),
                 "config": self.segmenter.config.to_dict(),
             }
-            self.store = RigStore(self.make_pipeline, Path(self.settings.rigs_dir), Path(self.settings.rig))
-            self.engine = Engine(queue_size=self.settings.queue_size, max_batch=self.settings.max_batch, metrics=self.metrics)
-            if self.settings.warmup:
-                for entry in self.store.entries():
-                    blank = {c.name: np.zeros((*c.image_size_hw, 3), np.uint8) for c in entry.rig.cameras}
-                    entry.pipeline.run(blank)
+            settings = self.settings
+            limits = RigLimits(settings.max_rigs, settings.max_cameras, settings.max_rig_cells, settings.max_total_cells)
+            self.store = RigStore(
+                self.make_pipeline, Path(settings.rigs_dir), Path(settings.rig), limits=limits, default_id=settings.default_rig_id
+            )
+            self.engine = Engine(queue_size=settings.queue_size, max_batch=settings.max_batch, metrics=self.metrics)
+            if settings.warmup:
+                entry = self.store.get(None)
+                blank = {c.name: np.zeros((*c.image_size_hw, 3), np.uint8) for c in entry.rig.cameras}
+                entry.pipeline.run(blank)
             self.ready.set()
             log.info("ready in %.1f s: model %s on %s, rigs %s", time.perf_counter() - began, path, backend, self.store.ids())
         except (BevError, OSError, ValueError) as exc:
             self.error = str(exc)
             log.error("not ready: %s", exc)
+            return
+        self.store.build_all(stop=self._closing)
 
     def close(self) -> None:
+        self._closing.set()
         self._loader.join(timeout=60)
         if self.engine is not None:
             self.engine.close()

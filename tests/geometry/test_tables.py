@@ -13,6 +13,7 @@ from bev_service.geometry.cameras import FisheyeCamera, Intrinsics, PinholeCamer
 from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.geometry.tables import (
+    MAX_OWNER_CAMERAS,
     NO_CAMERA,
     GroundTables,
     build_ground_tables,
@@ -203,3 +204,18 @@ class TestGatherTables:
     def test_accepts_sizes_that_keep_the_aspect_ratio(self, tables: GroundTables) -> None:
         for size in [(640, 960), (320, 480), (160, 240), (64, 96), (1280, 1920)]:
             check_input_size(tables, size)
+
+
+def test_more_cameras_than_the_owner_index_holds_is_refused(rig: Rig) -> None:
+    """The owner index is int8: camera 128 would wrap to -128 and cells would read another camera's
+    pixels without an error. 127 cameras build; 128 are refused."""
+    small = BevGrid((-2.0, 2.0), (-2.0, 2.0), 0.5)
+
+    def wide(count: int) -> Rig:
+        cameras = tuple(dataclasses.replace(rig.cameras[i % 4], name=f"cam{i}") for i in range(count))
+        return Rig("wide", "1", cameras, small, rig.ego)
+
+    tables = build_ground_tables(wide(MAX_OWNER_CAMERAS))
+    assert tables.owner.max() < MAX_OWNER_CAMERAS and tables.owner.min() >= NO_CAMERA
+    with pytest.raises(ValueError, match="at most 127"):
+        build_ground_tables(wide(MAX_OWNER_CAMERAS + 1))

@@ -53,6 +53,9 @@ def test_every_route_documents_a_typed_reply(settings_for: Callable[..., Setting
         for method, operation in operations.items():
             ok = {code: r for code, r in operation["responses"].items() if code.startswith("2")}
             assert ok, (method, path)
+            if method == "delete":
+                assert set(ok) == {"204"} and "content" not in ok["204"], (method, path, ok)
+                continue
             for code, reply in ok.items():
                 content = reply.get("content")
                 assert content, (method, path, code, "no reply content")
@@ -74,13 +77,15 @@ def test_the_bev_form_has_the_served_rigs_cameras(
 ) -> None:
     document = httpx.get(server.url("/openapi.json")).json()
     assert form_fields(document) == {"front", "left", "rear", "right"}
-    # A rig stored under the default's id replaces the configured file when the service starts.
-    (tmp_path / "default.yaml").write_text(renamed_rig_yaml())
-    replaced = make_server(rigs_dir=tmp_path)
+    # A stored rig served as the default (BEV_DEFAULT_RIG_ID) gives the form its cameras.
+    (tmp_path / "renamed.yaml").write_text(renamed_rig_yaml().replace("rig_id: default", "rig_id: renamed"))
+    replaced = make_server(rigs_dir=tmp_path, default_rig_id="renamed")
     document = httpx.get(replaced.url("/openapi.json")).json()
     assert form_fields(document) == set(RENAMED.values())
     rigs = httpx.get(replaced.url("/v1/rigs")).json()
-    assert {c["name"] for c in rigs["rigs"][0]["cameras"]} == set(RENAMED.values())
+    assert rigs["default"] == "renamed"
+    served = next(r for r in rigs["rigs"] if r["id"] == "renamed")
+    assert {c["name"] for c in served["cameras"]} == set(RENAMED.values())
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bev_service.calib.rigfile import load_rig, rig_from_yaml
+from bev_service.calib.rigfile import load_rig, rig_from_yaml, save_rig
 from bev_service.geometry.grid import EGO
 from bev_service.geometry.rig import Rig
 from bev_service.geometry.transforms import quaternion_from_rotation, vehicle_from_camera_mount
@@ -121,9 +122,14 @@ def test_bad_rig_file_is_refused_naming_the_field(case: str, rigs_server: LiveSe
     assert httpx.get(rigs_server.url(f"/v1/rigs/{rig_id}")).status_code == 404
 
 
-def test_rig_put_needs_yaml_content_type(rigs_server: LiveServer) -> None:
-    reply = httpx.put(rigs_server.url("/v1/rigs/default"), json=default_data())
+def test_rig_put_needs_a_yaml_or_json_content_type(rigs_server: LiveServer) -> None:
+    data = {**default_data(), "rig_id": "as-json"}
+    reply = httpx.put(rigs_server.url("/v1/rigs/as-json"), content=json.dumps(data), headers={"content-type": "application/xml"})
     assert reply.status_code == 415 and reply.json()["error"] == "unsupported_media_type", reply.text
+    reply = httpx.put(rigs_server.url("/v1/rigs/as-json"), json=data, timeout=60)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["fingerprint"] == rig_from_yaml(as_yaml(data)).fingerprint
+    assert httpx.delete(rigs_server.url("/v1/rigs/as-json")).status_code == 204
 
 
 def test_huge_grid_is_refused_not_a_server_error(rigs_server: LiveServer) -> None:
@@ -270,19 +276,22 @@ def test_rig_swap_under_load_answers_each_request_with_one_rig(
     image_files: Files,
     tiny_weights: Path,
 ) -> None:
-    """Three clients post all along while the default rig is replaced twice (front camera tilted, then a
-    coarser grid). Each reply's grid is exactly what its reported rig gives (fusion-only replies to the
-    cell; image replies in their UNKNOWN/EGO pattern and shape), versions only move forward, and a
-    request started after a PUT returned sees that PUT's rig."""
-    live = make_server()
+    """Three clients post all along while the default rig (a stored one, by BEV_DEFAULT_RIG_ID) is replaced
+    twice (front camera tilted, then a coarser grid). Each reply's grid is exactly what its reported rig
+    gives (fusion-only replies to the cell; image replies in their UNKNOWN/EGO pattern and shape), versions
+    only move forward, and a request started after a PUT returned sees that PUT's rig."""
     label_maps = {name: label_png(frame_set.labels[name]) for name in frame_set.camera_names}
-    versions = [default_data(), with_front_pitch(default_data(), 40.0)]
+    yard = {**default_data(), "rig_id": "yard"}
+    versions = [yard, with_front_pitch(yard, 40.0)]
     versions.append(with_cell_size(versions[1], 0.1))
     rigs = [rig_from_yaml(as_yaml(v)) for v in versions]
     assert len({r.fingerprint for r in rigs}) == 3
     expected = {r.fingerprint: expected_for(r, label_maps, tiny_weights) for r in rigs}
     assert not np.array_equal(expected[rigs[0].fingerprint].grid_from_labels, expected[rigs[1].fingerprint].grid_from_labels)
     order = {r.fingerprint: i for i, r in enumerate(rigs)}
+    rigs_dir = settings_for().rigs_dir
+    save_rig(rigs[0], rigs_dir / "yard.yaml")
+    live = make_server(rigs_dir=rigs_dir, default_rig_id="yard")
 
     loads = [
         LoadThread(live.base_url, as_files(label_maps, "png", "image/png"), labels=True),
@@ -297,7 +306,7 @@ def test_rig_swap_under_load_answers_each_request_with_one_rig(
     try:
         for version in versions[1:]:
             wait_for_answers(loads, since=put_done[-1])
-            reply = httpx.put(live.url("/v1/rigs/default"), content=as_yaml(version), headers=YAML, timeout=120)
+            reply = httpx.put(live.url("/v1/rigs/yard"), content=as_yaml(version), headers=YAML, timeout=120)
             assert reply.status_code == 200, reply.text
             put_done.append(time.perf_counter())
         wait_for_answers(loads, since=put_done[-1])
@@ -324,13 +333,15 @@ def test_rig_swap_under_load_answers_each_request_with_one_rig(
         assert seen_versions == sorted(seen_versions) and set(seen_versions) == {0, 1, 2}
 
     new = rigs[2]
-    stored = live.settings.rigs_dir / "default.yaml"
+    stored = live.settings.rigs_dir / "yard.yaml"
     assert load_rig(stored).grid == new.grid
-    assert sorted(p.name for p in live.settings.rigs_dir.iterdir()) == ["default.yaml"]
-    assert httpx.get(live.url("/v1/rigs/default")).json()["grid"]["rows"] == 200
+    assert sorted(p.name for p in live.settings.rigs_dir.iterdir()) == ["yard.yaml"]
+    assert httpx.get(live.url("/v1/rigs/yard")).json()["grid"]["rows"] == 200
 
-    with running_server(settings_for(rigs_dir=live.settings.rigs_dir)) as restarted:
-        summary = httpx.get(restarted.url("/v1/rigs/default")).json()
+    with running_server(settings_for(rigs_dir=live.settings.rigs_dir, default_rig_id="yard")) as restarted:
+        summary = httpx.get(restarted.url("/v1/rigs")).json()
+        assert summary["default"] == "yard", summary
+        summary = httpx.get(restarted.url("/v1/rigs/yard")).json()
         assert summary["grid"] == new.grid.metadata() and summary["fingerprint"] == load_rig(stored).fingerprint
         reply = httpx.post(restarted.url("/v1/bev"), files=as_files(label_maps, "png", "image/png"), data={"labels": "true"})
         assert reply.status_code == 200, reply.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from bev_service.service.routers import bev, health, meta, rigs, stream, viewer
+from bev_service.service.routers import bev, docs, health, meta, rigs, stream, viewer
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -14,4 +14,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     viewer.demo_router,
     stream.router,
     viewer.router,
+    docs.router,
 )

@@ -17,11 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bev_service.errors import FrameError
 from bev_service.service.deps import Ready, Token
 from bev_service.service.errors import ApiError
+from bev_service.service.negotiate import best_match
 from bev_service.service.schemas import ERRORS, BevReply
 
-MAX_FORM_PARTS = 32
 PATH = "/v1/bev"
 Format = Literal["json", "png", "raw"]
+MEDIA_TYPES: dict[str, Format] = {"application/json": "json", "image/png": "png", "application/octet-stream": "raw"}
+FORM_FIELDS = ("rig", "labels")
 
 router = APIRouter(tags=["bev"], dependencies=[Token], responses={401: ERRORS[401]})
 
@@ -56,8 +58,9 @@ async def post_bev(
         raise ApiError(
             415, "unsupported_media_type", f"expected multipart/form-data with one file per camera, got {content_type!r}"
         )
+    kind = format or negotiate(request.headers.get("accept", ""))
     began = time.perf_counter()
-    files, fields = await read_form(request)
+    files, fields = await read_form(request, st.settings.max_cameras)
     rig = fields.get("rig", rig)
     if "labels" in fields:
         labels = fields["labels"].lower() in ("1", "true", "yes", "on")
@@ -71,7 +74,6 @@ async def post_bev(
         st.metrics.frame_set_refused(source)
         raise
     st.metrics.frame_set_answered(source, result.timings_ms, began)
-    kind = format or negotiate(request.headers.get("accept", ""))
     headers = {"X-BEV-Rig": entry.rig_id, "X-BEV-Rows": str(result.grid.shape[0]), "X-BEV-Cols": str(result.grid.shape[1])}
     headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in result.timings_ms.items())
     if kind == "png":
@@ -84,18 +86,18 @@ async def post_bev(
 
 
 def negotiate(accept: str) -> Format:
-    accept = accept.lower()
-    if "image/png" in accept:
-        return "png"
-    if "application/octet-stream" in accept:
-        return "raw"
-    return "json"
+    """What ``Accept`` asks for, by quality (``q=0`` refuses a type); 406 when it accepts none of them."""
+    media_type = best_match(accept, tuple(MEDIA_TYPES))
+    if media_type is None:
+        offered = ", ".join(MEDIA_TYPES)
+        raise ApiError(406, "not_acceptable", f"Accept {accept[:200]!r} allows none of {offered} (or use ?format=)")
+    return MEDIA_TYPES[media_type]
 
 
-async def read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
+async def read_form(request: Request, max_cameras: int) -> tuple[dict[str, bytes], dict[str, str]]:
     """The form's files by field name and its plain fields; a field twice, or too many parts, is an error."""
     try:
-        form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
+        form = await request.form(max_files=max_cameras, max_fields=len(FORM_FIELDS))
     except StarletteHTTPException as exc:
         raise ApiError(400, "bad_request", f"cannot parse the multipart body: {exc.detail}") from exc
     files: dict[str, bytes] = {}
@@ -106,7 +108,7 @@ async def read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]
                 raise FrameError(f"form field {key!r} given twice")
             if isinstance(value, UploadFile):
                 files[key] = await value.read()
-            elif key in ("rig", "labels"):
+            elif key in FORM_FIELDS:
                 fields[key] = value
             else:
                 raise FrameError(

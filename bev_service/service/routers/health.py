@@ -26,8 +26,7 @@ async def healthz(state: State) -> Health:
 )
 async def readyz(state: State) -> Readiness | JSONResponse:
     if state.ready.is_set():
-        assert state.store is not None
-        return Readiness(rigs=state.store.ids(), backend=state.model_info.get("backend"))
+        return Readiness()  # open to all: the rigs and the model are told on /v1 (with the token)
     body = NotReady(detail=state.error or "loading")
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
 
