@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     # was quantized from the .onnx there now, else the float .onnx (the model card: the same mIoU, 1.2x faster)
     int8: bool = True
     rig: Path = DEFAULT_RIG  # served under its rig_id; the default rig of requests
-    rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, loaded at start
+    rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, read at start (tables built later)
     # A stored rig to serve as the default instead of the rig file's (the shipped default is never overwritten)
     default_rig_id: str | None = None
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     warmup: bool = True
     ws_max_message_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
     # -- the rig store (README, "Limits") --
-    max_rigs: Annotated[int, Field(ge=0)] = 16  # rigs stored by PUT, besides the default
+    max_rigs: Annotated[int, Field(ge=0)] = 16  # rigs stored by PUT, besides the served rig file
     max_cameras: Annotated[int, Field(ge=1, le=MAX_RIG_CAMERAS)] = 16  # per rig; REST and the stream take as many
     max_rig_cells: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024  # grid cells times cameras of one rig (~35 bytes each)
     max_total_cells: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024  # the same summed over the stored rigs
