@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import io
+import struct
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -11,7 +17,19 @@ import pytest
 from PIL import Image
 
 from bev_service.errors import FrameError
-from bev_service.imageio import decode_image, decode_labels, encode_png, read_image, read_labels, write_png
+from bev_service.imageio import (
+    PNG_MAGIC,
+    ImageHeader,
+    decode_image,
+    decode_labels,
+    encode_png,
+    image_size,
+    probe_image,
+    probe_labels,
+    read_image,
+    read_labels,
+    write_png,
+)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(23, 37, 3), dtype=np.uint8)  # odd sizes
@@ -28,10 +46,40 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _pil_bytes(image: Image.Image, fmt: str) -> bytes:
+def _pil_bytes(image: Image.Image, fmt: str, **options: object) -> bytes:
     out = io.BytesIO()
-    image.save(out, fmt)
+    image.save(out, fmt, **options)
     return out.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _ihdr(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
+    return _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG whose header declares width x height RGB pixels."""
+    return PNG_MAGIC + _ihdr(width, height) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+
+
+OTHER_FORMATS = {"GIF": "GIF", "WEBP": "WebP", "TIFF": "TIFF", "BMP": "BMP"}  # Pillow's name -> the one in errors
+_WHOLE = _png(RGB)
+GARBAGE = {
+    "random-bytes": RNG.bytes(500),
+    "text": b"GIF? no: plain text, not an image at all\n" * 3,
+    "png-signature-only": PNG_MAGIC,
+    "truncated-png-header": _WHOLE[:20],
+    "ihdr-bad-checksum": _WHOLE[:29] + b"\0\0\0\0" + _WHOLE[33:],
+    "ihdr-zero-width": PNG_MAGIC + _ihdr(0, 23) + _WHOLE[33:],
+    "ihdr-bad-bit-depth": PNG_MAGIC + _ihdr(37, 23, depth=3) + _WHOLE[33:],
+    "ihdr-too-short": PNG_MAGIC + _chunk(b"IHDR", b"\0\0\0\x25\0\0") + _WHOLE[33:],
+    "no-ihdr": PNG_MAGIC + _chunk(b"IEND", b""),
+    "jpeg-marker-then-noise": b"\xff\xd8\xff" + RNG.bytes(300),
+    "jpeg-start-and-end-only": b"\xff\xd8\xff\xd9",
+}
 
 
 class TestDecodeImage:
@@ -63,8 +111,89 @@ class TestDecodeImage:
     def test_empty_and_garbage_bytes(self) -> None:
         with pytest.raises(FrameError, match="cam: empty image"):
             decode_image(b"", name="cam")
-        with pytest.raises(FrameError, match="expected PNG or JPEG"):
-            decode_image(b"GIF89a not really", name="cam")
+        with pytest.raises(
+            FrameError, match=r"cam: cannot decode image: expected PNG or JPEG, got 19 bytes starting 47 49 46 3f"
+        ):
+            decode_image(b"GIF? no: plain text", name="cam")
+
+    def test_exif_orientation_is_not_applied(self) -> None:
+        """The pixels as the sensor wrote them, at the header's size: calibrations describe those."""
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+        data = _pil_bytes(Image.fromarray(RGB), "JPEG", exif=exif.tobytes())
+        assert decode_image(data).shape == RGB.shape
+
+
+class TestFormats:
+    """Only PNG and JPEG camera images, only PNG label maps; anything else is named in the refusal."""
+
+    @pytest.mark.parametrize("fmt", OTHER_FORMATS)
+    def test_other_image_formats_are_refused_by_name(self, fmt: str) -> None:
+        data = _pil_bytes(Image.fromarray(RGB), fmt)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == fmt and image.size == (37, 23)  # a real file that Pillow would decode
+        with pytest.raises(FrameError, match=rf"^front: a {OTHER_FORMATS[fmt]} image; send PNG or JPEG$"):
+            decode_image(data, name="front")
+        with pytest.raises(FrameError, match=rf"^front: a {OTHER_FORMATS[fmt]} image; send PNG or JPEG$"):
+            probe_image(data, name="front")
+
+    @pytest.mark.parametrize("fmt", OTHER_FORMATS)
+    def test_other_label_formats_are_refused_by_name(self, fmt: str) -> None:
+        data = _pil_bytes(Image.fromarray(LABELS, mode="L"), fmt)
+        with pytest.raises(FrameError, match=rf"^front: a {OTHER_FORMATS[fmt]} label map; send PNG$"):
+            decode_labels(data, name="front")
+
+    @pytest.mark.parametrize("case", GARBAGE)
+    @pytest.mark.parametrize("decode", [decode_image, decode_labels], ids=["image", "labels"])
+    def test_garbage_is_a_frame_error_in_words(self, case: str, decode: Callable[..., np.ndarray]) -> None:
+        """Only FrameErrors (pytest.raises lets any other type through, failing the test), and no
+        Python object repr in the text."""
+        data = GARBAGE[case]
+        with pytest.raises(FrameError) as caught:
+            decode(data, name="front")
+        message = str(caught.value)
+        assert message.startswith("front: "), message
+        assert "<_io" not in message and " at 0x" not in message and "object at" not in message, message
+        assert "JPEG" in message or "PNG" in message, message
+
+    def test_unknown_bytes_are_described(self) -> None:
+        with pytest.raises(FrameError, match=r"expected PNG, got 500 bytes starting [0-9a-f]{2}( [0-9a-f]{2}){7}$"):
+            decode_labels(GARBAGE["random-bytes"], name="front")
+
+
+class TestHeader:
+    """Size and format come from the header, before any pixel is decoded."""
+
+    def test_probe_reads_only_the_header(self) -> None:
+        big = _pil_bytes(Image.new("L", (4096, 4096)), "PNG", compress_level=1)  # ~70 KB for 16 M pixels
+        tracemalloc.start()
+        began = time.perf_counter()
+        header = probe_image(big, name="front")
+        elapsed = time.perf_counter() - began
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert header == ImageHeader(format="PNG", size_hw=(4096, 4096), mode="L")
+        assert elapsed < 0.05 and peak < 1 << 20, (elapsed, peak)
+
+    def test_probe_gives_format_size_and_mode(self) -> None:
+        assert probe_image(_jpeg(RGB)) == ImageHeader(format="JPEG", size_hw=(23, 37), mode="RGB")
+        assert probe_labels(_png(LABELS)) == ImageHeader(format="PNG", size_hw=(23, 37), mode="L")
+        assert image_size(_png(RGB)) == (37, 23)  # (width, height)
+
+    @pytest.mark.parametrize("side", [5000, 20000, 65535])
+    def test_a_header_over_the_pixel_limit_is_refused_with_its_size(self, side: int) -> None:
+        """Also beyond Pillow's own decompression-bomb limit (about 179 M pixels), which does not apply."""
+        with pytest.raises(FrameError, match=rf"front: {side}x{side} image has more than the 16777216 pixels allowed"):
+            decode_image(_header_only_png(side, side), name="front")
+        with pytest.raises(FrameError, match=rf"front: {side}x{side} image has more than the 1000 pixels allowed"):
+            probe_image(_header_only_png(side, side), name="front", max_pixels=1000)
+
+    def test_pixels_must_match_the_header(self) -> None:
+        wrong = ImageHeader(format="PNG", size_hw=(2, 3), mode="RGB")
+        with pytest.raises(FrameError, match="front: cannot decode image: the PNG header says 3x2, its pixels are 37x23"):
+            decode_image(_png(RGB), name="front", header=wrong)
+        with pytest.raises(FrameError, match="front: cannot decode label map: the PNG header says 3x2, its pixels are 37x23"):
+            decode_labels(_png(LABELS), name="front", header=replace(wrong, mode="L"))
 
 
 class TestDecodeLabels:

@@ -22,7 +22,16 @@ from numpy.typing import NDArray
 from bev_service.errors import FrameError, ModelError
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.imageio import DEFAULT_MAX_PIXELS, check_camera_set, check_whole_factor, decode_image, decode_labels, encode_png
+from bev_service.imageio import (
+    DEFAULT_MAX_PIXELS,
+    check_camera_set,
+    check_whole_factor,
+    decode_image,
+    decode_labels,
+    encode_png,
+    probe_image,
+    probe_labels,
+)
 from bev_service.runtime.resize import resize_images, resize_labels
 from bev_service.runtime.segmenter import Segmenter, is_torch_tensor
 
@@ -82,14 +91,19 @@ class BevPipeline:
 
     def _decode(self, name: str, frame: bytes | NDArray[np.uint8]) -> NDArray[np.uint8]:
         """One camera's image, decoded; the calibrated size or smaller by a whole factor (the
-        network input is a resize either way)."""
+        network input is a resize either way). Encoded bytes are judged from their header first:
+        a few KB of PNG may declare a large image, which is refused before a pixel is decoded."""
+        calibrated_hw = self.rig.camera(name).image_size_hw
         if isinstance(frame, bytes | bytearray):
-            image = decode_image(bytes(frame), name=name, max_pixels=self.max_pixels)
+            data, named = bytes(frame), f"camera {name!r}"
+            header = probe_image(data, name=named, max_pixels=self.max_pixels)
+            check_whole_factor(header.size_hw, calibrated_hw, name=name)
+            image = decode_image(data, name=named, header=header)  # its pixels match the header's size
         else:
             image = np.asarray(frame)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise FrameError(f"camera {name!r}: expected an RGB uint8 image, got {image.dtype} with shape {image.shape}")
-        check_whole_factor(image.shape[:2], self.rig.camera(name).image_size_hw, name=name)
+        check_whole_factor(image.shape[:2], calibrated_hw, name=name)
         return image
 
     def decode(self, frames: Mapping[str, bytes | NDArray[np.uint8]]) -> Decoded:
@@ -142,14 +156,18 @@ class BevPipeline:
         clock = _StageClock()
         maps = []
         for name in self.rig.camera_names:
-            data = label_maps[name]
+            data, calibrated_hw = label_maps[name], self.rig.camera(name).image_size_hw
             if isinstance(data, bytes | bytearray):
-                labels = decode_labels(bytes(data), name=name, max_pixels=self.max_pixels)
+                # As for images: the header's size is checked before a pixel is decoded.
+                png, named = bytes(data), f"camera {name!r}"
+                header = probe_labels(png, name=named, max_pixels=self.max_pixels)
+                check_whole_factor(header.size_hw, calibrated_hw, name=name)
+                labels = decode_labels(png, name=named, header=header)
             else:
                 labels = np.asarray(data)
             if labels.dtype != np.uint8 or labels.ndim != 2:
                 raise FrameError(f"camera {name!r}: a label map is (h, w) uint8 class ids, got {labels.dtype} {labels.shape}")
-            check_whole_factor(labels.shape, self.rig.camera(name).image_size_hw, name=name)
+            check_whole_factor(labels.shape, calibrated_hw, name=name)
             maps.append(resize_labels(labels[None], self.input_size_hw)[0])
         clock.lap("decode")
         grid = self.projector.warp_labels(np.stack(maps))

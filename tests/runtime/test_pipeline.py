@@ -3,13 +3,19 @@ bytes handed back, agreement with the pieces run by hand, and clear errors for b
 
 from __future__ import annotations
 
+import io
+import time
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bev_service.errors import FrameError, ModelError
 from bev_service.geometry.grid import EGO, UNKNOWN
@@ -22,6 +28,8 @@ from bev_service.runtime.resize import resize_images, resize_labels
 from bev_service.runtime.torch_backend import TorchSegmenter
 from tests.networks import TINY, tiny_model
 
+MIB = 1 << 20
+
 
 def jpeg_frames(rig: Rig, seed: int = 0) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
@@ -31,6 +39,31 @@ def jpeg_frames(rig: Rig, seed: int = 0) -> dict[str, bytes]:
         image = cv2.resize(rng.integers(0, 256, size=(h // 16, w // 16, 3), dtype=np.uint8), (w, h))
         frames[cam.name] = cv2.imencode(".jpg", image)[1].tobytes()
     return frames
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A whole, valid grey PNG of one level: about 70 KB for 4096x4096, 16 M pixels (48 MB as RGB)."""
+    out = io.BytesIO()
+    Image.new("L", (width, height), 90).save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def large_png() -> bytes:
+    """Within the default pixel limit (4096 x 4096) but four times the default rig's 960x640."""
+    return flat_png(4096, 4096)
+
+
+def refused_cheaply(call: Callable[[], Any], match: str) -> tuple[float, int]:
+    """Seconds and peak traced bytes until ``call`` raises a FrameError matching ``match``."""
+    tracemalloc.start()
+    began = time.perf_counter()
+    try:
+        with pytest.raises(FrameError, match=match):
+            call()
+        return time.perf_counter() - began, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_frames_to_grid_match_the_stages_run_by_hand(rig: Rig, projector: BevProjector) -> None:
@@ -84,8 +117,43 @@ def test_bad_frame_sets_are_frame_errors(rig: Rig, projector: BevProjector) -> N
     with pytest.raises(FrameError, match=r"front: got a 400x320 .* calibrated at 960x640"):
         pipeline.run({**frames, "front": odd})
     truncated = frames["rear"][: len(frames["rear"]) // 2]
-    with pytest.raises(FrameError, match="rear: cannot decode image: truncated JPEG"):
+    with pytest.raises(FrameError, match="camera 'rear': cannot decode image: truncated JPEG"):
         pipeline.run({**frames, "rear": truncated})
+
+
+def test_an_image_larger_than_calibrated_is_refused_from_its_header(rig: Rig, projector: BevProjector, large_png: bytes) -> None:
+    """Its header is enough: the 48 MB of pixels are never decoded."""
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    frames = jpeg_frames(rig)
+    pipeline.decode(frames)  # the decode threads are started
+    elapsed, peak = refused_cheaply(lambda: pipeline.decode({**frames, "front": large_png}), r"front: got a 4096x4096 .* 960x640")
+    pipeline.close()
+    assert elapsed < 0.1 and peak < 20 * MIB, (elapsed, peak)
+
+
+def test_a_label_map_larger_than_calibrated_is_refused_from_its_header(
+    rig: Rig, projector: BevProjector, large_png: bytes
+) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    maps = {cam.name: cv2.imencode(".png", np.zeros((320, 480), np.uint8))[1].tobytes() for cam in rig.cameras}
+    elapsed, peak = refused_cheaply(lambda: pipeline.fuse({**maps, "front": large_png}), r"front: got a 4096x4096 .* 960x640")
+    assert elapsed < 0.1 and peak < 4 * MIB, (elapsed, peak)  # the 16 MB of class ids are never decoded
+
+
+@pytest.mark.parametrize(("fmt", "named"), [("GIF", "GIF"), ("WEBP", "WebP"), ("TIFF", "TIFF"), ("BMP", "BMP")])
+def test_formats_other_than_png_and_jpeg_are_refused_naming_the_camera(
+    rig: Rig, projector: BevProjector, fmt: str, named: str
+) -> None:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector)
+    out = io.BytesIO()
+    Image.new("RGB", (960, 640), (40, 90, 160)).save(out, fmt)
+    with pytest.raises(FrameError, match=rf"^camera 'left': a {named} image; send PNG or JPEG$"):
+        pipeline.run({**jpeg_frames(rig), "left": out.getvalue()})
+    labels = io.BytesIO()
+    Image.new("L", (480, 320), 3).save(labels, fmt)
+    maps = {cam.name: cv2.imencode(".png", np.zeros((320, 480), np.uint8))[1].tobytes() for cam in rig.cameras}
+    with pytest.raises(FrameError, match=rf"^camera 'left': a {named} label map; send PNG$"):
+        pipeline.fuse({**maps, "left": labels.getvalue()})
 
 
 def test_images_smaller_by_a_whole_factor_are_accepted(rig: Rig, projector: BevProjector) -> None:
