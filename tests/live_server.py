@@ -1,6 +1,7 @@
 """A real service for tests: ``create_app(Settings(...))`` under uvicorn in a thread, on a loopback
 socket bound before the server starts (port 0: no race for a free port), configured as ``bev serve``
-configures it. Shared by the service, client and viewer tests."""
+configures it (``uvicorn_config``: its limits, timeouts and log level from the settings). Shared by the
+service, client and viewer tests."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from bev_service.service.app import create_app
+from bev_service.service.server import uvicorn_config
 from bev_service.service.settings import Settings
 
 READY_TIMEOUT_S = 180.0
@@ -52,10 +54,7 @@ def running_server(settings: Settings, *, ready: bool = True, ready_timeout_s: f
     sock = free_socket()
     port = sock.getsockname()[1]
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws_max_size=settings.ws_max_message_bytes, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))  # host and port unused: it serves ``sock``
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     live = LiveServer(f"http://127.0.0.1:{port}", settings, app)

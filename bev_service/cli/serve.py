@@ -2,15 +2,22 @@
 
 bev serve                          # 127.0.0.1:8000, shipped model, default rig, viewer at /
 BEV_API_TOKEN=secret bev serve --host 0.0.0.0 --port 8000
+BEV_MAX_CONNECTIONS=1024 BEV_TIMEOUT_HEADERS_S=5 bev serve   # connection limits: see Settings
+
+The uvicorn configuration (limits, timeouts, the token kept out of the access log) is
+``bev_service.service.server.uvicorn_config``, which the tests run the service with too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from bev_service.errors import ModelError
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (the port is taken, the app failed)
 
 
 def register(commands: Any) -> None:
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bev_service.service.app import create_app
+    from bev_service.service.server import uvicorn_config
     from bev_service.service.settings import Settings
     from bev_service.service.state import resolve_model
 
@@ -52,12 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if not Path(settings.rig).is_file():
         raise ModelError(f"rig file {settings.rig} does not exist (set --rig or BEV_RIG)")
     print(f"bev serve: http://{settings.host}:{settings.port}/ (viewer), model {path} on {backend}", flush=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=settings.ws_max_message_bytes,
-        timeout_graceful_shutdown=10,
-    )
-    return 0
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    # After a graceful shutdown on Ctrl+C, uvicorn raises the signal again, as uvicorn.run expects.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE

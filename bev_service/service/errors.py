@@ -8,6 +8,8 @@ The package's domain errors (``bev_service.errors``) stay free of HTTP; the stat
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bev_service.errors import BevError, CalibrationError, FrameError, ModelError
+
+log = logging.getLogger(__name__)
 
 # WebSocket close codes (RFC 6455 section 7.4.1) the stream uses.
 CLOSE_GOING_AWAY = 1001  # an idle session, closed by the service
@@ -132,6 +136,29 @@ def error_response(status: int, kind: str, detail: str, headers: dict[str, str] 
 HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+def logged(
+    handler: Callable[[Request, Exception], Awaitable[JSONResponse]],
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """The handler, writing one line per refused request: its id, the route, the status and why. A
+    client's mistake is no error of the service's: no traceback, and at INFO (5xx at WARNING)."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        response = await handler(request, exc)
+        body = bytes(response.body)
+        log.log(
+            logging.WARNING if response.status_code >= 500 else logging.INFO,
+            "request %s: %s %s -> %d %s",
+            request.scope.get("request_id", "-"),
+            request.method,
+            request.url.path,
+            response.status_code,
+            body[:300].decode("utf-8", "replace"),
+        )
+        return response
+
+    return handle
+
+
 def register_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -158,9 +185,9 @@ def register_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
         kind = HTTP_KINDS.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(BevError, bev_error)
-    app.add_exception_handler(BodyTooLargeError, too_large)
-    app.add_exception_handler(BodyTimeoutError, body_timeout)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ApiError, logged(api_error))
+    app.add_exception_handler(BevError, logged(bev_error))
+    app.add_exception_handler(BodyTooLargeError, logged(too_large))
+    app.add_exception_handler(BodyTimeoutError, logged(body_timeout))
+    app.add_exception_handler(RequestValidationError, logged(invalid))
+    app.add_exception_handler(StarletteHTTPException, logged(http_error))

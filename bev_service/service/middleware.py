@@ -1,22 +1,60 @@
-"""ASGI middleware: the request-body limit and the per-route request counter."""
+"""ASGI middleware: request ids, the request-body limits and the per-route request counter."""
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
+import anyio
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bev_service.service.errors import BodyTooLargeError, error_response
+from bev_service.service.errors import BodyTimeoutError, BodyTooLargeError, error_response
 from bev_service.service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+# A client's own X-Request-ID is kept when it looks like one; otherwise the service makes one up.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answer; only the request counter sees it
+
+
+class RequestId:
+    """Gives each request an id (the client's ``X-Request-ID`` when well-formed, else a new one), in
+    ``scope["request_id"]`` for the log lines about it and in the reply's ``X-Request-ID`` header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        scope["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodyLimit:
     """Refuses bodies over ``max_bytes``: by Content-Length before reading, and by counting while
-    reading (chunked uploads), so an oversized upload is never buffered whole."""
+    reading (chunked uploads), so an oversized upload is never buffered whole. A body whose next
+    piece takes over ``timeout_s`` to arrive raises ``BodyTimeoutError`` (a 408), so a client that
+    stops sending cannot hold its request, and the connection, forever."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+        if max_bytes < 1 or timeout_s <= 0:
+            raise ValueError(f"expected max_bytes >= 1 and timeout_s > 0, got {max_bytes} and {timeout_s}")
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,22 +67,43 @@ class BodyLimit:
             )
             await response(scope, receive, send)
             return
-        seen = 0
+        seen, complete = 0, False
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # what follows the body is the wait for a disconnect, which has no deadline
+                return await receive()
+            try:
+                with anyio.fail_after(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise BodyTooLargeError()
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)
 
 
+async def client_disconnected(request: Request, exc: Exception) -> Response:
+    """A client that went away mid-upload is no error of the service: a debug line, no traceback."""
+    log.debug(
+        "request %s: %s %s: the client disconnected before sending its whole body",
+        request.scope.get("request_id"),
+        request.method,
+        request.url.path,
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def add_middleware(app: FastAPI, state: ServiceState) -> None:
-    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    settings = state.settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.timeout_body_s)
+    # Starlette raises ClientDisconnect where a route reads the body of a client that went away.
+    app.add_exception_handler(ClientDisconnect, client_disconnected)
 
     # Added last, so outermost: a body refused by BodyLimit is counted too.
     @app.middleware("http")
@@ -53,3 +112,5 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
         path = getattr(request.scope.get("route"), "path", "unmatched")
         state.metrics.requests.labels(route=path, method=request.method, status=str(response.status_code)).inc()
         return response
+
+    app.add_middleware(RequestId)  # outermost of all: every reply has its id, a refused body's too

@@ -7,9 +7,12 @@ one frame set is computed and one waits; a newer one replaces the waiting one an
 is counted in ``dropped``: a client sending faster than the network gets fresh results, never a backlog.
 
 Error replies carry the same ``kind`` as the REST error for the same input (``service/errors.py``).
-Closes: 1003 for a text frame, 1007 for bytes that are not msgpack, 1008 for a missing or wrong
-token (``?token=`` or ``Authorization: Bearer``), 1009 for a message over the size limit, 1013 while
-the service is not ready. The route is in ``routers/stream.py``.
+The token goes as ``Authorization: Bearer``, as the subprotocol ``bev-token.<base64url token>``
+offered beside ``bev.v1`` (browsers, which cannot set headers; the service answers ``bev.v1``), or
+as ``?token=``. Closes: 1001 for a session that sent nothing for ``ws_idle_timeout_s``, 1003 for a
+text frame, 1007 for bytes that are not msgpack, 1008 for a missing or wrong token, 1009 for a
+message over the size limit, 1013 while the service is not ready or already serves ``max_streams``
+sessions. The route is in ``routers/stream.py``.
 """
 
 from __future__ import annotations
@@ -17,20 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 from fastapi import WebSocket
+from starlette.types import Message
 from starlette.websockets import WebSocketState
 
 from bev_service.errors import BevError, FrameError
-from bev_service.service.errors import CLOSE_INVALID, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, StreamClose, describe
+from bev_service.service.errors import CLOSE_GOING_AWAY, CLOSE_INVALID, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, StreamClose, describe
 from bev_service.service.state import ServiceState
 
 log = logging.getLogger(__name__)
-
-MAX_CAMERAS = 16
 
 
 @dataclass
@@ -41,7 +44,7 @@ class FrameSetMessage:
     rig: str | None
 
 
-def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, str]:
+def parse_message(data: bytes, max_bytes: int, max_cameras: int) -> FrameSetMessage | tuple[Any, str]:
     """A frame set, or (seq if any, what is wrong) for a well-formed message of the wrong shape.
     Raises ``StreamClose`` for what is not a msgpack message at all."""
     if len(data) > max_bytes:
@@ -65,8 +68,8 @@ def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, s
     images = obj.get("images")
     if not isinstance(images, dict) or not images:
         return seq, "images must be a non-empty map of camera name to encoded image bytes"
-    if len(images) > MAX_CAMERAS:
-        return seq, f"{len(images)} images; at most {MAX_CAMERAS} cameras"
+    if len(images) > max_cameras:
+        return seq, f"{len(images)} images; at most {max_cameras} cameras"
     for name, value in images.items():
         if not isinstance(name, str) or not isinstance(value, bytes):
             return seq, f"images[{name!r}] must be encoded image bytes (msgpack bin) keyed by camera name"
@@ -74,6 +77,35 @@ def parse_message(data: bytes, max_bytes: int) -> FrameSetMessage | tuple[Any, s
     if unknown:
         log.debug("ignoring frame set keys %s", unknown)
     return FrameSetMessage(seq=seq, stamp=float(stamp) if stamp is not None else None, images=images, rig=rig)
+
+
+class StreamSlots:
+    """The sessions one app has open, against its ``max_streams``. An app's sessions all run on its
+    event loop, so counting needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        assert self.open > 0, "a slot given back that was never taken"
+        self.open -= 1
+
+
+_SLOTS: weakref.WeakKeyDictionary[ServiceState, StreamSlots] = weakref.WeakKeyDictionary()
+
+
+def stream_slots(state: ServiceState) -> StreamSlots:
+    """The app's ``StreamSlots`` (made on its first stream; gone with the app)."""
+    slots = _SLOTS.get(state)
+    if slots is None:
+        slots = _SLOTS[state] = StreamSlots(state.settings.max_streams)
+    return slots
 
 
 class StreamSession:
@@ -91,15 +123,15 @@ class StreamSession:
                 await self.ws.send_bytes(msgpack.packb(message, use_bin_type=True))
 
     async def receive_loop(self) -> None:
-        limit = self.state.settings.ws_max_message_bytes
+        settings = self.state.settings
         try:
             while True:
-                message = await self.ws.receive()
+                message = await self.receive(settings.ws_idle_timeout_s)
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("bytes") is None:
                     raise StreamClose(CLOSE_UNSUPPORTED, "text frames are not supported: send msgpack binary frames")
-                parsed = parse_message(message["bytes"], limit)
+                parsed = parse_message(message["bytes"], settings.ws_max_message_bytes, settings.max_cameras)
                 if isinstance(parsed, tuple):
                     # A message of the wrong shape is the stream's malformed frame set: REST's bad_frame.
                     self.state.metrics.frame_set_refused("stream")
@@ -113,6 +145,16 @@ class StreamSession:
         finally:
             self.closed = True
             self.wake.set()
+
+    async def receive(self, idle_timeout_s: float) -> Message:
+        """The next message; ``StreamClose`` (1001) when none comes within ``idle_timeout_s``: an idle
+        session would otherwise hold its slot and its socket for as long as the client likes."""
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                return await self.ws.receive()
+        except TimeoutError:
+            reason = f"no message for {idle_timeout_s:g} s (ws_idle_timeout_s): closing an idle stream"
+            raise StreamClose(CLOSE_GOING_AWAY, reason) from None
 
     async def compute_loop(self) -> None:
         engine, store, metrics = self.state.engine, self.state.store, self.state.metrics

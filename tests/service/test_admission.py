@@ -4,6 +4,8 @@ through the same admission as the rest, so a flood of them is answered 503 with 
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -92,3 +94,23 @@ def test_a_fusion_only_flood_is_refused_with_503(make_server: Callable[..., Live
     rejected = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("bev_overload_rejections_total "))
     assert rejected == sum(r.status_code == 503 for r in replies)
     assert httpx.post(live.url("/v1/bev"), files=label_files, data={"labels": "true"}, timeout=60).status_code == 200
+
+
+def test_a_refused_request_is_one_log_line_with_its_id(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A client's mistake costs one INFO line naming the request's id (the client's X-Request-ID when
+    well-formed, else a new one, sent back either way), never a traceback."""
+    with caplog.at_level(logging.DEBUG):
+        mine = httpx.put(
+            server.url("/v1/rigs/deep"),
+            content=b"a: " + b"[" * 5000,
+            headers={"content-type": "application/yaml", "x-request-id": "car-17.run-3"},
+        )
+        theirs = httpx.get(server.url("/v1/rigs/nope"), headers={"x-request-id": "bad id\twith spaces"})
+    assert mine.status_code == 422 and mine.headers["x-request-id"] == "car-17.run-3"
+    assert theirs.status_code == 404 and re.fullmatch(r"[0-9a-f]{16}", theirs.headers["x-request-id"])
+    assert httpx.get(server.url("/healthz")).headers["x-request-id"]
+    for request_id, status in (("car-17.run-3", 422), (theirs.headers["x-request-id"], 404)):
+        lines = [r for r in caplog.records if request_id in r.getMessage() and r.name.startswith("bev_service")]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert lines[0].levelno == logging.INFO and f"-> {status}" in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]

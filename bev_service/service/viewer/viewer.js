@@ -298,13 +298,25 @@ function demoFrame(index) {
 function streamUrl() {
   const url = new URL("v1/stream", document.baseURI);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  if (state.token) url.searchParams.set("token", state.token);
   return url.href;
+}
+
+// A browser cannot set headers on a WebSocket, so the token goes as a subprotocol beside bev.v1
+// (which the service answers), never in the URL, where access logs and proxies would keep it.
+function streamProtocols() {
+  return state.token ? ["bev.v1", `bev-token.${base64url(state.token)}`] : ["bev.v1"];
+}
+
+// base64url of the text's UTF-8 bytes, without padding (RFC 4648 section 5): a valid subprotocol name.
+function base64url(text) {
+  let binary = "";
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 function openSocket() {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(streamUrl());
+    const socket = new WebSocket(streamUrl(), streamProtocols());
     socket.binaryType = "arraybuffer";
     socket.onopen = () => resolve(socket);
     socket.onerror = () => reject(new Error("the stream could not be opened"));
