@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from tests.browser import chromium, needs_chromium, wait_for
 from tests.service.conftest import LiveServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # Every host name fails to resolve; 127.0.0.1 is an address, so the service stays reachable.
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 TOKEN = "docs-test-token"
-
-needs_chromium = pytest.mark.skipif(
-    not CHROMEDRIVER.exists() or not CHROMIUM.exists(),
-    reason=f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium and chromium-driver)",
-)
 
 
 def linked_assets(page: str) -> dict[str, str]:
@@ -90,29 +82,8 @@ def test_docs_need_no_token(make_server: Callable[..., LiveServer]) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1400", OFFLINE):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with chromium(window="1280,1400", extra_args=(OFFLINE,), logs=("browser", "performance")) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.1)
 
 
 def requested_urls(driver: Any) -> list[str]:

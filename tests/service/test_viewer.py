@@ -18,22 +18,18 @@ import yaml
 import bev_service.service
 from bev_service.runtime.weights import save_model
 from bev_service.service.settings import Settings
+from tests.browser import chromium, needs_chromium, wait_for
 from tests.conftest import DEFAULT_RIG, REPO
 from tests.live_server import running_server
 from tests.networks import TINY, tiny_model
 
 BACKGROUND, UNKNOWN = 0, 255
 VIEWER_DIR = Path(bev_service.service.__file__).resolve().parent / "viewer"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "build" / "artifacts"
 DEMO_FRAMES = 3
 TOKEN = "viewer-test-token"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMEDRIVER.exists() or not CHROMIUM.exists(),
-    reason=f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium and chromium-driver)",
-)
+pytestmark = needs_chromium
 
 
 # --- a real server -------------------------------------------------------------------------------
@@ -73,30 +69,8 @@ def server(tiny_weights_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1440,1500"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(30)
-    try:
+    with chromium(window="1440,1500") as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.1)
 
 
 def text_of(driver: Any, element_id: str) -> str:
