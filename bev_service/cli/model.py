@@ -158,6 +158,11 @@ def _register_infer(commands: Any) -> None:
     p.add_argument("--model", help="model file, .pt or .onnx (default: the shipped pruned model)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     p.add_argument("--confidence-fusion", action="store_true", help="per cell, the most confident covering camera")
+    p.add_argument(
+        "--input-pixels",
+        type=int,
+        help="pixels each camera runs through the network at, in its own aspect ratio (default: the model's training size)",
+    )
     p.add_argument("--out", required=True, type=Path, help="BEV grid of class ids (single-channel PNG); timings go to OUT.json")
     p.add_argument("frames", nargs="+", metavar="CAM=IMAGE", help="one image per camera of the rig")
     p.set_defaults(func=run_infer)
@@ -285,7 +290,7 @@ def run_infer(args: argparse.Namespace) -> int:
     rig = load_rig(args.rig or DEFAULT_RIG)
     paths = parse_frame_args(args.frames, rig.camera_names)
     segmenter = load_segmenter(args.model or PRUNED_MODEL, backend=args.backend)
-    pipeline = BevPipeline(rig, segmenter, confidence_fusion=args.confidence_fusion, encoder=None)
+    pipeline = BevPipeline(rig, segmenter, confidence_fusion=args.confidence_fusion, encoder=None, input_pixels=args.input_pixels)
     try:
         result = pipeline.run({name: read_image(path) for name, path in paths.items()})
     finally:
@@ -298,7 +303,8 @@ def run_infer(args: argparse.Namespace) -> int:
         "content": "class ids",
         "model": str(args.model or PRUNED_MODEL),
         "backend": segmenter.backend,
-        "input_size_hw": list(segmenter.input_size_hw),
+        "trained_input_size_hw": list(segmenter.input_size_hw),
+        "input_sizes_hw": {name: list(size) for name, size in zip(rig.camera_names, pipeline.input_sizes_hw, strict=True)},
         "timings_ms": result.timings_ms,
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -8,8 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import FrameError
 from bev_service.geometry.projector import BevProjector
@@ -46,22 +44,14 @@ def parse_frame_args(pairs: list[str], camera_names: tuple[str, ...]) -> dict[st
     return frames
 
 
-def stack_frames(arrays: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> np.ndarray:
-    """Stack per-camera arrays in rig order; every camera must have the same size."""
-    shapes = {name: arrays[name].shape[:2] for name in camera_names}
-    if len(set(shapes.values())) != 1:
-        raise FrameError(f"all cameras of a frame set must have the same size, got {shapes}")
-    return np.stack([arrays[name] for name in camera_names])
-
-
 def run(args: argparse.Namespace) -> int:
     rig = load_rig(args.rig)
     frames = parse_frame_args(args.frames, rig.camera_names)
     reader = read_labels if args.labels else read_image
-    batch = stack_frames({name: reader(path) for name, path in frames.items()}, rig.camera_names)
+    maps = [reader(frames[name]) for name in rig.camera_names]  # each camera's own size, in rig order
     projector = BevProjector(rig)
     try:
-        out = projector.warp_labels(batch) if args.labels else projector.warp_image(batch)
+        out = projector.warp_labels(maps) if args.labels else projector.warp_image(maps)
     except ValueError as exc:
         raise FrameError(str(exc)) from exc
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         **rig.grid.metadata(),
         "content": "class ids" if args.labels else "RGB surround view",
         "cameras": list(rig.camera_names),
-        "input_size_hw": list(batch.shape[1:3]),
+        "input_sizes_hw": {name: list(m.shape[:2]) for name, m in zip(rig.camera_names, maps, strict=True)},
         "camera_share": projector.tables.owner_share(),
         "unknown_share": float(((projector.tables.owner == -1) & ~projector.tables.ego).mean()),
         "ego_share": float(projector.tables.ego.mean()),

@@ -38,6 +38,11 @@ def register(commands: Any) -> None:
     p.add_argument("--device", help="torch device for the torch backend (cpu, cuda)")
     p.add_argument("--rig", type=Path, help="default rig file (default: the shipped default rig)")
     p.add_argument("--rigs-dir", type=Path, help="where PUT /v1/rigs stores rigs (default build/rigs)")
+    p.add_argument(
+        "--input-pixels",
+        type=int,
+        help="pixels each camera runs through the network at, in its own aspect ratio (default: the model's training size)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
     p.set_defaults(func=run)
 
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {
         k: v
-        for k in ("host", "port", "model", "backend", "device", "rig", "rigs_dir", "log_level")
+        for k in ("host", "port", "model", "backend", "device", "rig", "rigs_dir", "input_pixels", "log_level")
         if (v := getattr(args, k)) is not None
     }
     settings = Settings(**overrides)

@@ -9,7 +9,9 @@ per cell, nearest neighbour, never a blend of class ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -97,9 +99,17 @@ def build_ground_tables(rig: Rig) -> GroundTables:
     )
 
 
+SizeHW = tuple[int, int]
+# How far a camera's input may miss its calibrated aspect ratio: the rounding of each side to the network's
+# multiple of 8 (at small sizes a few per cent). The tables scale u and v separately, so they stay exact.
+ASPECT_TOLERANCE = 0.05
+
+
 @dataclass(frozen=True)
 class LabelGatherTable:
-    """Flat indices into a stacked (N, h, w) label batch, one per grid cell (nearest neighbour).
+    """Flat indices into the cameras' label maps laid end to end (camera i's (h_i, w_i) map, row by
+    row, after those of cameras 0..i-1), one per grid cell (nearest neighbour). When every camera has
+    the same size this is the flat index into the stacked (N, h, w) batch.
 
     index: (rows * cols,) intp, into the owner camera's map (0 on fixed cells); intp so that
       ``np.take`` uses it as is instead of converting 160k indices on every call.
@@ -108,65 +118,92 @@ class LabelGatherTable:
       warp overwrites only them.
     stacked_xy: (rows, cols, 2) int16 (column, row) of each cell's pixel in the cameras' maps stacked
       vertically into one (N * h, w) image, (-1, -1) on fixed cells: the same gather as ``index``
-      in the form of an OpenCV fixed-point remap table; None when N * h or w exceeds int16.
+      in the form of an OpenCV fixed-point remap table; None when the cameras' sizes differ or N * h
+      or w exceeds int16.
     per_camera_index / per_camera_seen: (N, rows * cols), every camera's pixel for every cell, for
       confidence fusion.
     """
 
-    input_size_hw: tuple[int, int]
+    input_sizes_hw: tuple[SizeHW, ...]
     index: NDArray[np.intp]
     fixed: NDArray[np.bool_]
     fixed_index: NDArray[np.intp]
     fixed_fill: NDArray[np.uint8]
     stacked_xy: NDArray[np.int16] | None
-    per_camera_index: NDArray[np.int32]
+    per_camera_index: NDArray[np.int64]
     per_camera_seen: NDArray[np.bool_]
 
+    @property
+    def total_pixels(self) -> int:
+        return sum(h * w for h, w in self.input_sizes_hw)
 
-def check_input_size(tables: GroundTables, input_size_hw: tuple[int, int]) -> None:
-    """Raise ValueError unless every camera's calibrated size scales to ``input_size_hw`` evenly
-    (same aspect ratio within half a pixel)."""
-    h, w = input_size_hw
-    if h <= 0 or w <= 0:
-        raise ValueError(f"input size must be positive (height, width), got {input_size_hw}")
-    for name, (ch, cw) in zip(tables.camera_names, tables.image_sizes_hw, strict=True):
-        if abs(h * cw / ch - w) > 0.5:
+
+def per_camera_sizes(tables: GroundTables, input_size_hw: SizeHW | Sequence[SizeHW]) -> tuple[SizeHW, ...]:
+    """One (h, w) per camera, in rig order: ``input_size_hw`` is one size for every camera or a size per camera."""
+    n = len(tables.camera_names)
+    items: list[Any] = list(input_size_hw)
+    if len(items) == 2 and all(isinstance(v, int | np.integer) for v in items):
+        return ((int(items[0]), int(items[1])),) * n
+    if len(items) != n or any(len(size) != 2 for size in items):
+        raise ValueError(f"expected one (h, w) for every camera or one per camera ({n}), got {input_size_hw}")
+    return tuple((int(size[0]), int(size[1])) for size in items)
+
+
+def check_input_size(tables: GroundTables, input_size_hw: SizeHW | Sequence[SizeHW]) -> tuple[SizeHW, ...]:
+    """The per-camera sizes; ValueError unless each is positive and keeps its camera's calibrated aspect
+    ratio (within ``ASPECT_TOLERANCE``, or half a pixel)."""
+    sizes = per_camera_sizes(tables, input_size_hw)
+    for name, (ch, cw), (h, w) in zip(tables.camera_names, tables.image_sizes_hw, sizes, strict=True):
+        if h <= 0 or w <= 0:
+            raise ValueError(f"camera {name!r}: input size must be positive (height, width), got {(h, w)}")
+        if abs(h * cw / ch - w) > max(0.5, ASPECT_TOLERANCE * w):
             raise ValueError(f"camera {name!r}: input {w}x{h} (w x h) does not keep the calibrated aspect ratio of {cw}x{ch}")
+    return sizes
 
 
-def _scaled_edges(tables: GroundTables, input_size_hw: tuple[int, int]) -> NDArray[np.float64]:
-    """(N, rows, cols, 2) pixel positions in input-resolution images, measured from the image's
-    top-left corner (pixel i spans [i, i + 1)), so that scaling the image scales them exactly."""
-    h, w = input_size_hw
-    sizes = np.asarray(tables.image_sizes_hw, dtype=np.float64)  # (N, 2) as (h, w)
-    scale_uv = np.stack([w / sizes[:, 1], h / sizes[:, 0]], axis=-1)[:, None, None, :]
+def _layout(sizes: tuple[SizeHW, ...]) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Per camera: height, width, and the offset of its first pixel when the maps are laid end to end."""
+    hs = np.array([h for h, _ in sizes], dtype=np.int64)
+    ws = np.array([w for _, w in sizes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(hs * ws)[:-1]]).astype(np.int64)
+    return hs, ws, offsets
+
+
+def _scaled_edges(tables: GroundTables, sizes: tuple[SizeHW, ...]) -> NDArray[np.float64]:
+    """(N, rows, cols, 2) pixel positions in each camera's input-resolution image, measured from the
+    image's top-left corner (pixel i spans [i, i + 1)), so that scaling the image scales them exactly."""
+    hs, ws, _ = _layout(sizes)
+    calibrated = np.asarray(tables.image_sizes_hw, dtype=np.float64)  # (N, 2) as (h, w)
+    scale_uv = np.stack([ws / calibrated[:, 1], hs / calibrated[:, 0]], axis=-1)[:, None, None, :]
     return (tables.pixel_uv + 0.5) * scale_uv
 
 
-def label_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> LabelGatherTable:
-    check_input_size(tables, input_size_hw)
-    h, w = input_size_hw
+def label_gather_table(tables: GroundTables, input_size_hw: SizeHW | Sequence[SizeHW]) -> LabelGatherTable:
+    sizes = check_input_size(tables, input_size_hw)
+    hs, ws, offsets = _layout(sizes)
     n = len(tables.camera_names)
     # Nearest pixel = the one whose area holds the point: at 1/k of the calibrated resolution it
     # is the block of k x k calibrated pixels that holds it (floor(U / k) of its nearest pixel U).
-    uv = _scaled_edges(tables, input_size_hw)
+    uv = _scaled_edges(tables, sizes)
     seen = tables.seen & ~tables.ego[None]
-    cols = np.clip(np.floor(np.nan_to_num(uv[..., 0])), 0, w - 1).astype(np.int64)
-    rows = np.clip(np.floor(np.nan_to_num(uv[..., 1])), 0, h - 1).astype(np.int64)
-    camera = np.arange(n)[:, None, None]
-    per_camera = np.where(seen, (camera * h + rows) * w + cols, 0).reshape(n, -1)
+    h_of, w_of, start = hs[:, None, None], ws[:, None, None], offsets[:, None, None]
+    cols = np.clip(np.floor(np.nan_to_num(uv[..., 0])), 0, w_of - 1).astype(np.int64)
+    rows = np.clip(np.floor(np.nan_to_num(uv[..., 1])), 0, h_of - 1).astype(np.int64)
+    per_camera = np.where(seen, start + rows * w_of + cols, 0).reshape(n, -1)
     owner = tables.owner.reshape(-1)
     fixed = owner == NO_CAMERA
     fill = tables.fixed_values().reshape(-1)
     index = per_camera[np.maximum(owner, 0), np.arange(owner.size)]
+    stacked_hw = (n * sizes[0][0], sizes[0][1])
+    stacked = _stacked_xy(np.where(fixed, -1, index), stacked_hw, tables.grid.shape) if len(set(sizes)) == 1 else None
     return LabelGatherTable(
-        input_size_hw=(h, w),
+        input_sizes_hw=sizes,
         index=np.where(fixed, 0, index).astype(np.intp),
         fixed=fixed,
         fixed_index=np.flatnonzero(fixed),
         fixed_fill=fill[fixed],
-        stacked_xy=_stacked_xy(np.where(fixed, -1, index), (n * h, w), tables.grid.shape),
-        per_camera_index=per_camera.astype(np.int32),
+        stacked_xy=stacked,
+        per_camera_index=per_camera,
         per_camera_seen=seen.reshape(n, -1),
     )
 
@@ -181,28 +218,31 @@ def _stacked_xy(index: NDArray[np.int64], stacked_hw: tuple[int, int], grid_shap
 
 @dataclass(frozen=True)
 class ImageGatherTable:
-    """Bilinear taps into a stacked (N, h, w, C) image batch: four flat pixel indices and weights per cell."""
+    """Bilinear taps into the cameras' images laid end to end (as ``LabelGatherTable``): four flat pixel
+    indices and weights per cell."""
 
-    input_size_hw: tuple[int, int]
-    taps: NDArray[np.int32]  # (rows * cols, 4)
+    input_sizes_hw: tuple[SizeHW, ...]
+    taps: NDArray[np.int64]  # (rows * cols, 4)
     weights: NDArray[np.float32]  # (rows * cols, 4), zero on unseen and ego cells
     seen: NDArray[np.bool_]  # (rows * cols,)
 
 
-def image_gather_table(tables: GroundTables, input_size_hw: tuple[int, int]) -> ImageGatherTable:
-    check_input_size(tables, input_size_hw)
-    h, w = input_size_hw
+def image_gather_table(tables: GroundTables, input_size_hw: SizeHW | Sequence[SizeHW]) -> ImageGatherTable:
+    sizes = check_input_size(tables, input_size_hw)
+    hs, ws, offsets = _layout(sizes)
     owner = tables.owner.reshape(-1)
     seen = owner != NO_CAMERA
-    uv = _scaled_edges(tables, input_size_hw).reshape(len(tables.camera_names), -1, 2) - 0.5  # centres at integers
-    uv = np.nan_to_num(uv[np.maximum(owner, 0), np.arange(owner.size)])  # (cells, 2)
-    u = np.clip(uv[:, 0], 0, w - 1)
-    v = np.clip(uv[:, 1], 0, h - 1)
-    u0 = np.minimum(np.floor(u), w - 2).astype(np.int64)
-    v0 = np.minimum(np.floor(v), h - 2).astype(np.int64)
+    cam = np.maximum(owner, 0)
+    h_of, w_of = hs[cam], ws[cam]
+    uv = _scaled_edges(tables, sizes).reshape(len(tables.camera_names), -1, 2) - 0.5  # centres at integers
+    uv = np.nan_to_num(uv[cam, np.arange(owner.size)])  # (cells, 2)
+    u = np.clip(uv[:, 0], 0, w_of - 1)
+    v = np.clip(uv[:, 1], 0, h_of - 1)
+    u0 = np.minimum(np.floor(u), w_of - 2).astype(np.int64)
+    v0 = np.minimum(np.floor(v), h_of - 2).astype(np.int64)
     fu, fv = u - u0, v - v0
-    base = (np.maximum(owner, 0).astype(np.int64) * h + v0) * w + u0
-    taps = np.stack([base, base + 1, base + w, base + w + 1], axis=-1)
+    base = offsets[cam] + v0 * w_of + u0
+    taps = np.stack([base, base + 1, base + w_of, base + w_of + 1], axis=-1)
     weights = np.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv], axis=-1)
     weights *= seen[:, None]
-    return ImageGatherTable(input_size_hw=(h, w), taps=taps.astype(np.int32), weights=weights.astype(np.float32), seen=seen)
+    return ImageGatherTable(input_sizes_hw=sizes, taps=taps, weights=weights.astype(np.float32), seen=seen)

@@ -33,6 +33,8 @@ __all__ = ["RIG_ID", "RigEntry", "RigLimits", "RigStore", "UnknownRigError", "ch
 
 log = logging.getLogger(__name__)
 
+Sizes = tuple[tuple[int, int], ...]
+
 # Letters, digits, '.', '_' and '-', starting with a letter or digit: no path separators, no '..'.
 RIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -76,11 +78,12 @@ def cell_cameras(rig: Rig) -> int:
 class RigEntry:
     """One rig and its pipeline, built on first use (once, whichever thread asks first)."""
 
-    def __init__(self, rig: Rig, path: Path | None, build: Callable[[Rig], BevPipeline], pipeline: BevPipeline | None = None):
+    def __init__(self, rig: Rig, path: Path | None, build: Callable[[Rig], BevPipeline], input_sizes_hw: Sizes):
         self.rig = rig
         self.path = path  # the file it was loaded from or stored in
+        self.input_sizes_hw = input_sizes_hw  # each camera's network input (h, w), in rig order
         self._build = build
-        self._pipeline = pipeline
+        self._pipeline: BevPipeline | None = None
         self._failure: str | None = None
         self._lock = threading.Lock()
 
@@ -131,10 +134,14 @@ class RigStore:
         rigs_dir: Path,
         rig_file: Path,
         *,
+        input_sizes: Callable[[Rig], Sizes],
         limits: RigLimits | None = None,
         default_id: str | None = None,
     ) -> None:
+        """``make_pipeline`` builds a rig's pipeline (slow); ``input_sizes`` tells each camera's network input
+        (h, w) without building it."""
         self._make_pipeline = make_pipeline
+        self._input_sizes = input_sizes
         self.rigs_dir = rigs_dir
         self.limits = limits or RigLimits()
         self._entries: dict[str, RigEntry] = {}
@@ -142,7 +149,7 @@ class RigStore:
         served = load_rig(rig_file)
         check_rig_id(served.rig_id)
         self.read_only_id = served.rig_id
-        self._entries[served.rig_id] = RigEntry(served, rig_file, make_pipeline)
+        self._entries[served.rig_id] = self._entry(served, rig_file)
         self._load_dir()
         self.default_id = default_id or served.rig_id
         if self.default_id not in self._entries:
@@ -167,9 +174,12 @@ class RigStore:
                 if rig.rig_id == self.read_only_id:
                     raise CalibrationError("has the served rig file's id, which is read-only", field="rig_id")
                 self._check_room(rig)
-                self._entries[rig.rig_id] = RigEntry(rig, path, self._make_pipeline)
+                self._entries[rig.rig_id] = self._entry(rig, path)
             except BevError as exc:
                 log.error("skipping stored rig %s: %s", path, exc)
+
+    def _entry(self, rig: Rig, path: Path) -> RigEntry:
+        return RigEntry(rig, path, self._make_pipeline, self._input_sizes(rig))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -240,7 +250,7 @@ class RigStore:
         rig = rig_from_spec(spec, text)
         with self._write_lock:
             self._check_room(rig)
-            entry = RigEntry(rig, self.rigs_dir / f"{rig_id}.yaml", self._make_pipeline)
+            entry = self._entry(rig, self.rigs_dir / f"{rig_id}.yaml")
             entry.pipeline  # noqa: B018 (the slow part, before anything changes; CalibrationError if the model cannot run on it)
             self.rigs_dir.mkdir(parents=True, exist_ok=True)
             assert entry.path is not None

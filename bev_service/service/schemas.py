@@ -76,7 +76,8 @@ class ModelInfo(BaseModel):
     sha256: str
     backend: str
     quantization: dict[str, Any] | None = Field(description="how an int8 graph was made; null for a float model")
-    input_size_hw: list[int]
+    input_size_hw: list[int] = Field(description="the size the network was trained at")
+    input_pixels: int = Field(description="pixels each camera runs at, in its own aspect ratio (BEV_INPUT_PIXELS)")
     config: dict[str, Any]
 
 
@@ -104,6 +105,7 @@ class CameraPublic(BaseModel):
     name: str
     model: str = Field(description="camera model class, e.g. FisheyeCamera")
     image_size_wh: list[int]
+    input_size_wh: list[int] = Field(description="the size its frames run through the network at")
 
 
 class RigSummary(BaseModel):
@@ -119,8 +121,13 @@ class RigSummary(BaseModel):
     def of(cls, entry: RigEntry, default_id: str) -> RigSummary:
         rig = entry.rig
         cameras = [
-            CameraPublic(name=c.name, model=type(c.model).__name__, image_size_wh=[c.image_size_hw[1], c.image_size_hw[0]])
-            for c in rig.cameras
+            CameraPublic(
+                name=c.name,
+                model=type(c.model).__name__,
+                image_size_wh=[c.image_size_hw[1], c.image_size_hw[0]],
+                input_size_wh=[w, h],
+            )
+            for c, (h, w) in zip(rig.cameras, entry.input_sizes_hw, strict=True)
         ]
         return cls(
             id=rig.rig_id,
@@ -159,6 +166,9 @@ class BevReply(BaseModel):
     grid: GridInfo
     timing_ms: dict[str, float]
     device_to_host_bytes: int
+    input_size_wh: dict[str, list[int]] = Field(
+        description="per camera, the size of the map the warp read (the network's input, or the label map's)"
+    )
 
     @classmethod
     def of(cls, entry: RigEntry, result: BevResult, model_info: dict[str, Any], mode: Literal["images", "labels"]) -> BevReply:
@@ -173,6 +183,7 @@ class BevReply(BaseModel):
             grid=GridInfo(**entry.rig.grid.metadata(), png_base64=png),
             timing_ms=result.timings_ms,
             device_to_host_bytes=result.device_to_host_bytes,
+            input_size_wh={name: [w, h] for name, (h, w) in zip(entry.rig.camera_names, result.input_sizes_hw, strict=True)},
         )
 
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # On ONNX Runtime with a .pt model: serve the int8 graph beside it (<stem>-int8.onnx, from bev quantize) when it
     # was quantized from the .onnx there now, else the float .onnx (the model card: the same mIoU, 1.2x faster)
     int8: bool = True
+    # Pixels each camera runs through the network at, in its own aspect ratio (None: the model's training size)
+    input_pixels: Annotated[int | None, Field(gt=0)] = None
     rig: Path = DEFAULT_RIG  # served under its rig_id; the default rig of requests
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, read at start (tables built later)
     # A stored rig to serve as the default instead of the rig file's (the shipped default is never overwritten)

@@ -22,7 +22,7 @@ from bev_service.errors import BevError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_label_png
 from bev_service.runtime.int8 import file_sha256, int8_beside
-from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.pipeline import BevPipeline, input_sizes
 from bev_service.runtime.segmenter import Segmenter, cuda_available, load_segmenter
 from bev_service.service.demo import DemoDrive
 from bev_service.service.engine import Engine
@@ -101,7 +101,13 @@ class ServiceState:
             confidence_fusion=self.settings.confidence_fusion,
             encoder=encode_grid,
             max_pixels=self.settings.max_image_pixels,
+            input_pixels=self.settings.input_pixels,
         )
+
+    def input_sizes(self, rig: Rig) -> tuple[tuple[int, int], ...]:
+        """Each camera's network input (h, w) on ``rig``, known without building its tables."""
+        assert self.segmenter is not None
+        return input_sizes(rig, self.segmenter, self.settings.input_pixels)
 
     def _load(self) -> None:
         began = time.perf_counter()
@@ -115,12 +121,18 @@ class ServiceState:
                 "backend": self.segmenter.backend,
                 "quantization": getattr(self.segmenter, "quantization", None),  # how an int8 graph was made; None: float
                 "input_size_hw": list(self.segmenter.input_size_hw),
+                "input_pixels": self.settings.input_pixels or self.segmenter.input_size_hw[0] * self.segmenter.input_size_hw[1],
                 "config": self.segmenter.config.to_dict(),
             }
             settings = self.settings
             limits = RigLimits(settings.max_rigs, settings.max_cameras, settings.max_rig_cells, settings.max_total_cells)
             self.store = RigStore(
-                self.make_pipeline, Path(settings.rigs_dir), Path(settings.rig), limits=limits, default_id=settings.default_rig_id
+                self.make_pipeline,
+                Path(settings.rigs_dir),
+                Path(settings.rig),
+                limits=limits,
+                default_id=settings.default_rig_id,
+                input_sizes=self.input_sizes,
             )
             self.engine = Engine(queue_size=settings.queue_size, max_batch=settings.max_batch, metrics=self.metrics)
             if settings.warmup:

@@ -43,7 +43,7 @@ def test_rgb_surround_view_and_metadata(tmp_path: Path, frames: dict[str, Path])
     assert meta["cell_size_m"] == 0.05 and meta["x_range_m"] == [-10.0, 10.0] and meta["y_range_m"] == [-10.0, 10.0]
     assert meta["rows"] == 400 and meta["cols"] == 400
     assert meta["row_col_convention"].startswith("row 0 = largest x (forward), col 0 = largest y (left)")
-    assert meta["input_size_hw"] == list(SIZE_HW) and meta["cameras"] == list(CAMERAS)
+    assert meta["input_sizes_hw"] == {key: list(SIZE_HW) for key in CAMERAS} and meta["cameras"] == list(CAMERAS)
     share = meta["camera_share"]
     assert set(share) == set(CAMERAS) and sum(share.values()) + meta["ego_share"] + meta["unknown_share"] == pytest.approx(1.0)
     # Each camera's colour covers its share of the grid. Forward is up and left is left: 3.5 m ahead
@@ -106,10 +106,11 @@ def test_wrong_aspect_ratio_exits_2(tmp_path: Path, frames: dict[str, Path], cap
     assert "aspect ratio" in capsys.readouterr().err
 
 
-def test_cameras_of_different_sizes_exit_2(tmp_path: Path, frames: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cameras_of_different_sizes_are_each_read_at_their_own(tmp_path: Path, frames: dict[str, Path]) -> None:
     write_png(frames["front"], np.zeros((320, 480, 3), dtype=np.uint8))
-    assert main(["project", "--rig", str(DEFAULT_RIG), "--out", str(tmp_path / "bev.png"), *_args(frames)]) == 2
-    assert "same size" in capsys.readouterr().err
+    assert main(["project", "--rig", str(DEFAULT_RIG), "--out", str(tmp_path / "bev.png"), *_args(frames)]) == 0
+    meta = json.loads((tmp_path / "bev.json").read_text())
+    assert meta["input_sizes_hw"]["front"] == [320, 480] and meta["input_sizes_hw"]["rear"] == list(SIZE_HW)
 
 
 def test_broken_rig_exits_2(tmp_path: Path, frames: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -263,7 +263,7 @@ class TestBadInput:
 
     @pytest.mark.parametrize("shape", [(3, 640, 960), (640, 960), (4, 640, 960, 1), (1, 4, 640, 960)])
     def test_wrong_batch_shape(self, projector: BevProjector, shape: tuple[int, ...]) -> None:
-        with pytest.raises(ValueError, match=r"expected a batch of shape \(4, h, w\) in camera order"):
+        with pytest.raises(ValueError, match=r"expected \(4, h, w\) or 4 maps of \(h, w\) in camera order"):
             projector.warp_labels(np.zeros(shape, dtype=np.uint8))
 
     def test_wrong_image_batch_shape(self, projector: BevProjector) -> None:

@@ -196,14 +196,35 @@ class TestGatherTables:
         np.testing.assert_allclose(sums[table.seen], 1.0, atol=1e-6)
         assert (table.weights[~table.seen] == 0).all() and (table.weights >= 0).all()
 
-    @pytest.mark.parametrize("size", [(640, 961), (600, 960), (0, 0)])
+    @pytest.mark.parametrize("size", [(640, 1000), (600, 960), (320, 520), (0, 0)])
     def test_rejects_an_input_size_of_another_aspect_ratio(self, tables: GroundTables, size: tuple[int, int]) -> None:
         with pytest.raises(ValueError, match=r"aspect ratio|must be positive"):
             check_input_size(tables, size)
 
     def test_accepts_sizes_that_keep_the_aspect_ratio(self, tables: GroundTables) -> None:
-        for size in [(640, 960), (320, 480), (160, 240), (64, 96), (1280, 1920)]:
+        """Exactly, or to the rounding of a side to the network's multiple of 8 (360 x 424 for 1280 x 1080)."""
+        for size in [(640, 960), (320, 480), (160, 240), (64, 96), (1280, 1920), (320, 488), (312, 480)]:
             check_input_size(tables, size)
+
+    def test_each_camera_at_its_own_size_reads_its_own_map(self, tables: GroundTables) -> None:
+        """Maps of four sizes laid end to end: each cell's index lands in its owner's map, at the pixel
+        its owner's uniform table names there, scaled; the same index as the stacked batch's when the
+        sizes agree."""
+        sizes = ((640, 960), (320, 480), (160, 240), (320, 488))
+        mixed = label_gather_table(tables, sizes)
+        assert mixed.input_sizes_hw == sizes and mixed.stacked_xy is None
+        offsets = np.cumsum([0, *(h * w for h, w in sizes)])
+        owner = tables.owner.reshape(-1)
+        seen = owner >= 0
+        for cam, (h, w) in enumerate(sizes):
+            cells = seen & (owner == cam)
+            local = mixed.index[cells] - offsets[cam]
+            assert ((local >= 0) & (local < h * w)).all()
+            alone = label_gather_table(tables, (h, w))  # every camera at this size: camera cam's block
+            np.testing.assert_array_equal(local, alone.index[cells] - cam * h * w)
+        uniform = label_gather_table(tables, ((320, 480),) * 4)
+        np.testing.assert_array_equal(uniform.index, label_gather_table(tables, (320, 480)).index)
+        assert uniform.stacked_xy is not None
 
 
 def test_more_cameras_than_the_owner_index_holds_is_refused(rig: Rig) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bev_service.errors import FrameError, ModelError
+from bev_service.errors import FrameError
 from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
@@ -191,10 +191,73 @@ def test_fusion_only_warps_the_given_label_maps(rig: Rig, projector: BevProjecto
         pipeline.fuse({**pngs, "front": cv2.imencode(".png", np.zeros((320, 480, 3), np.uint8))[1].tobytes()})
 
 
-def test_a_model_input_that_does_not_fit_the_rig_is_refused(rig: Rig, projector: BevProjector) -> None:
+def test_a_network_trained_on_square_frames_runs_on_a_three_by_two_rig(rig: Rig, projector: BevProjector) -> None:
+    """Each camera runs at its own aspect ratio with about the network's training pixels: 64x64 becomes 72x48."""
     square = replace(TINY, input_size_hw=(64, 64))
-    with pytest.raises(ModelError, match="does not fit rig"):
-        BevPipeline(rig, TorchSegmenter(tiny_model(), square, device="cpu"), projector=projector)
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), square, device="cpu"), projector=projector)
+    assert pipeline.input_sizes_hw == ((48, 72),) * 4
+    assert pipeline.run(jpeg_frames(rig)).grid.shape == rig.grid.shape
+    pipeline.close()
+
+
+def cropped(rig: Rig, names: tuple[str, ...], width: int) -> Rig:
+    """The rig with the cameras ``names`` cropped to ``width`` columns about their centre: the same
+    geometry seen by a sensor of another aspect ratio (its principal point moves with the crop)."""
+    cameras = []
+    for cam in rig.cameras:
+        if cam.name in names:
+            h, w = cam.model.image_size_hw
+            k = cam.model.intrinsics
+            model = replace(cam.model, intrinsics=replace(k, cx=k.cx - (w - width) / 2), image_size_hw=(h, width))
+            cam = replace(cam, model=model)
+        cameras.append(cam)
+    return replace(rig, rig_id="cropped", cameras=tuple(cameras))
+
+
+@pytest.fixture(scope="module")
+def mixed_rig(rig: Rig) -> Rig:
+    return cropped(rig, ("left", "right"), 800)  # 960x640 front and rear, 800x640 sides
+
+
+def test_cameras_of_two_shapes_run_one_network_call_per_shape(mixed_rig: Rig) -> None:
+    """Front and rear at 480x320, the 800x640 sides at about as many pixels in their own shape; the
+    grid is the warp of each camera's labels at its own size, and two frame sets batch per shape."""
+    segmenter = TorchSegmenter(tiny_model(), TINY, device="cpu")
+    pipeline = BevPipeline(mixed_rig, segmenter)
+    front, side = pipeline.input_sizes_hw[0], pipeline.input_sizes_hw[1]
+    assert front == TINY.input_size_hw and side != front and pipeline.input_sizes_hw == (front, side, front, side)
+    assert abs(side[1] / side[0] - 800 / 640) < 0.05
+    frames = [jpeg_frames(mixed_rig, seed) for seed in (0, 1)]
+    calls: list[tuple[int, ...]] = []
+    segment = segmenter.segment
+    segmenter.segment = lambda batch, **kw: (calls.append(tuple(batch.shape)), segment(batch, **kw))[1]  # type: ignore[method-assign]
+    results = pipeline.run_decoded([pipeline.decode(f) for f in frames])
+    assert sorted(calls) == sorted([(4, *front, 3), (4, *side, 3)]), "one call per shape, both frame sets in it"
+    for result, frame_set in zip(results, frames, strict=True):
+        labels = []
+        for cam, size in zip(mixed_rig.cameras, pipeline.input_sizes_hw, strict=True):
+            image = cv2.imdecode(np.frombuffer(frame_set[cam.name], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            labels.append(segment(resize_images(np.ascontiguousarray(image)[None], size)).labels_numpy()[0])
+        by_hand = pipeline.projector.warp_labels(labels)
+        assert (result.grid == by_hand).mean() > 0.999  # batch composition may move a float by an ulp
+        np.testing.assert_array_equal(result.grid >= EGO, by_hand >= EGO)
+    pipeline.close()
+
+
+def test_fusion_at_the_calibrated_size_warps_the_maps_as_they_are(mixed_rig: Rig) -> None:
+    """Label maps of each camera's calibrated size are not resized (the grid is their warp at that size);
+    maps smaller by a whole factor go through the network sizes."""
+    pipeline = BevPipeline(mixed_rig, TorchSegmenter(tiny_model(), TINY, device="cpu"))
+    rng = np.random.default_rng(5)
+    full = {c.name: rng.integers(0, 8, size=c.image_size_hw, dtype=np.uint8) for c in mixed_rig.cameras}
+    grid = pipeline.fuse(full).grid
+    np.testing.assert_array_equal(grid, pipeline.projector.warp_labels([full[c] for c in mixed_rig.camera_names]))
+    half = {name: m[::2, ::2] for name, m in full.items()}
+    sized = [
+        resize_labels(half[c.name][None], size)[0] for c, size in zip(mixed_rig.cameras, pipeline.input_sizes_hw, strict=True)
+    ]
+    np.testing.assert_array_equal(pipeline.fuse(half).grid, pipeline.projector.warp_labels(sized))
+    pipeline.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -27,7 +27,7 @@ from bev_service.errors import ModelError
 
 rig = load_rig(DEFAULT_RIG)
 pipeline = BevPipeline(rig, load_segmenter(sys.argv[1]), encoder=None)
-h, w = pipeline.input_size_hw
+h, w = pipeline.input_sizes_hw[0]
 images = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 grid = pipeline.run({name: images for name in rig.camera_names}).grid
 pipeline.close()

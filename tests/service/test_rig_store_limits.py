@@ -19,7 +19,7 @@ import yaml
 
 from bev_service.calib.rigfile import rig_from_yaml, save_rig
 from bev_service.geometry.rig import Rig
-from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.pipeline import BevPipeline, input_sizes
 from bev_service.runtime.segmenter import load_segmenter
 from bev_service.service.rigs import RigLimits, RigStore
 from tests.conftest import DEFAULT_RIG
@@ -245,8 +245,11 @@ def test_stored_rigs_are_not_built_at_start_up(tmp_path: Path, tiny_weights: Pat
         built.append(rig.rig_id)
         return BevPipeline(rig, segmenter)
 
-    store = RigStore(make_pipeline, tmp_path, DEFAULT_RIG, limits=RigLimits())
+    store = RigStore(
+        make_pipeline, tmp_path, DEFAULT_RIG, limits=RigLimits(), input_sizes=lambda rig: input_sizes(rig, segmenter)
+    )
     assert built == ["default"] and store.ids() == ["default", "s0", "s1", "s2"]
+    assert store.get("s1").input_sizes_hw == input_sizes(store.get("s1").rig, segmenter) == (segmenter.input_size_hw,) * 4
     assert not store.get("s1").built
     store.get("s1").pipeline  # noqa: B018
     store.get("s1").pipeline  # noqa: B018

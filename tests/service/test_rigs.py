@@ -140,16 +140,27 @@ def test_huge_grid_is_refused_not_a_server_error(rigs_server: LiveServer) -> Non
     assert "grid" in reply.json()["detail"]
 
 
-def test_a_rig_the_model_cannot_run_on_is_a_bad_rig(rigs_server: LiveServer) -> None:
-    """Square cameras against a network trained for 2:3 frames: refused as a rig problem, nothing stored."""
+def test_a_rig_of_square_cameras_runs_at_its_own_shape(rigs_server: LiveServer) -> None:
+    """Square cameras against a network trained on 3:2 frames: each camera runs square, at about the
+    network's training pixels; the rig's summary and the reply say at what size."""
     data = {**default_data(), "rig_id": "square"}
+    data["grid"]["cell_size_m"] = 0.1
     for camera in data["cameras"]:
         camera["image_size_hw"] = [640, 640]
         camera["model"]["cx"] = 319.5
     reply = httpx.put(rigs_server.url("/v1/rigs/square"), content=as_yaml(data), headers=YAML, timeout=60)
-    assert reply.status_code == 422 and reply.json()["error"] == "bad_rig", reply.text
-    assert "cannot run on this rig" in reply.json()["detail"]
-    assert not (Path(rigs_server.settings.rigs_dir) / "square.yaml").exists()
+    assert reply.status_code == 201, reply.text
+    model = httpx.get(rigs_server.url("/v1/model")).json()
+    sizes = {c["name"]: c["input_size_wh"] for c in reply.json()["cameras"]}
+    (w, h), *others = sizes.values()
+    assert w == h and all(s == [w, h] for s in others) and abs(w * h / model["input_pixels"] - 1) < 0.1, (sizes, model)
+    square = io.BytesIO()
+    Image.new("RGB", (640, 640), (90, 90, 90)).save(square, "JPEG")
+    files = {name: (f"{name}.jpg", square.getvalue(), "image/jpeg") for name in sizes}
+    bev = httpx.post(rigs_server.url("/v1/bev"), files=files, data={"rig": "square"}, timeout=60)
+    assert bev.status_code == 200, bev.text
+    assert bev.json()["input_size_wh"] == sizes
+    assert httpx.delete(rigs_server.url("/v1/rigs/square")).status_code == 204
 
 
 # -- rig ids ----------------------------------------------------------------------------------------
@@ -229,7 +240,7 @@ def expected_for(rig: Rig, label_maps: dict[str, bytes], weights: Path) -> Expec
     pipeline = BevPipeline(rig, TorchSegmenter.from_file(weights, device="cpu"), encoder=None)
     try:
         grid = pipeline.fuse(label_maps).grid
-        fixed = pipeline.projector.label_table(pipeline.input_size_hw).fixed.reshape(pipeline.projector.grid_shape)
+        fixed = pipeline.projector.label_table(pipeline.input_sizes_hw).fixed.reshape(pipeline.projector.grid_shape)
     finally:
         pipeline.close()
     return Expected(grid, fixed)
