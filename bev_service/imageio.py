@@ -240,3 +240,27 @@ def check_whole_factor(size_hw: tuple[int, int], calibrated_hw: tuple[int, int],
 
 def write_png(path: str | Path, array: NDArray[np.uint8]) -> None:
     Path(path).write_bytes(encode_png(array))
+
+
+def decode_mask_png(data: bytes, *, name: str = "mask") -> NDArray[np.bool_]:
+    """A camera's validity mask from a single-channel PNG (1-bit, grey or palette): non-zero pixels see."""
+    header = _probe(data, name=name, what="mask", formats=LABEL_FORMATS, max_pixels=DEFAULT_MAX_PIXELS)
+    if header.mode not in ("1", "L", "P"):
+        raise FrameError(f"{name}: a mask must be a single-channel PNG (1-bit, grey or palette), got mode {header.mode!r}")
+    try:
+        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
+            image.load()
+            mask = np.asarray(image) > 0
+    except MemoryError:
+        raise
+    except Exception as exc:  # as in _probe: any codec error means a broken file
+        raise FrameError(f"{name}: cannot decode mask ({len(data)} bytes of PNG): {_reason(exc)}") from exc
+    _check_decoded_size(mask.shape[:2], header, name=name, what="mask")
+    return mask
+
+
+def encode_mask_png(mask: NDArray[np.bool_]) -> bytes:
+    """A validity mask as a 1-bit PNG (a few KB for a 1280x1080 camera); ``decode_mask_png`` reads it back."""
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(out, format="PNG", optimize=True)
+    return out.getvalue()

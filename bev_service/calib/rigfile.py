@@ -5,20 +5,24 @@ Every problem becomes a ``CalibrationError`` naming the camera and the field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import cv2
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bev_service.errors import CalibrationError
+from bev_service.errors import CalibrationError, FrameError
 from bev_service.geometry import cameras as cm
 from bev_service.geometry.grid import BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.geometry.transforms import check_rotation, rigid, rotation_from_quaternion
+from bev_service.imageio import decode_mask_png, encode_mask_png
 
 # Physical ranges: every number of a rig file is finite and within what a vehicle rig can mean, so a
 # typo (or a hostile 1e308) is a CalibrationError naming the field, never an overflow further on.
@@ -106,12 +110,32 @@ class HomographySpec(StrictModel):
     undistorted_k: Matrix3 = Field(description="intrinsic matrix of the undistorted image")
 
 
+Polygon = Annotated[list[tuple[Pixels, Pixels]], Field(min_length=3, max_length=1000)]
+
+
+class MaskSpec(StrictModel):
+    """The pixels of a camera that see the world, in one of three forms: ``png`` (a file beside the rig
+    file: non-zero pixels see), ``png_base64`` (the same PNG inline: what a stored rig holds) or
+    ``masked_polygons`` (pixel polygons (u, v) of what does not see: the car's body, the dark border)."""
+
+    png: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    png_base64: str | None = Field(default=None, max_length=1 << 20)
+    masked_polygons: list[Polygon] | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> MaskSpec:
+        if sum(v is not None for v in (self.png, self.png_base64, self.masked_polygons)) != 1:
+            raise ValueError("give exactly one of 'png', 'png_base64' and 'masked_polygons'")
+        return self
+
+
 class CameraSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     image_size_hw: tuple[ImageSide, ImageSide]
     model: ModelSpec
     vehicle_from_camera: PoseSpec | None = None
     ground_homography: HomographySpec | None = None
+    mask: MaskSpec | None = None
 
     @model_validator(mode="after")
     def _one_tie(self) -> CameraSpec:
@@ -138,6 +162,7 @@ class GridSpec(StrictModel):
 class EgoSpec(StrictModel):
     x_range_m: Range
     y_range_m: Range
+    height_m: float | None = Field(default=None, gt=0, le=10, description="the body's height: it hides the ground behind it")
 
 
 class VehicleFrameSpec(StrictModel):
@@ -199,13 +224,51 @@ def _pose(spec: PoseSpec, camera: str) -> np.ndarray:
     return m
 
 
-def _camera(spec: CameraSpec) -> Camera:
+def _mask(spec: MaskSpec, camera: str, size_hw: tuple[int, int], base_dir: Path | None) -> np.ndarray:
+    """The (h, w) bool mask a ``MaskSpec`` describes; CalibrationError naming the camera for a missing or
+    unreadable file, another size, or a mask that hides every pixel."""
+    h, w = size_hw
+    if spec.masked_polygons is not None:
+        hidden = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(hidden, [np.round(np.asarray(poly, np.float64)).astype(np.int32) for poly in spec.masked_polygons], 1)
+        mask = hidden == 0
+    else:
+        if spec.png is not None:
+            if base_dir is None:
+                raise CalibrationError(
+                    "a mask file needs a rig file on disk; send it inline as png_base64", camera=camera, field="mask.png"
+                )
+            try:
+                data = (base_dir / spec.png).read_bytes()
+            except OSError as exc:
+                raise CalibrationError(
+                    f"cannot read mask file {spec.png}: {exc.strerror}", camera=camera, field="mask.png"
+                ) from exc
+        else:
+            assert spec.png_base64 is not None
+            try:
+                data = base64.b64decode(spec.png_base64, validate=True)
+            except binascii.Error as exc:
+                raise CalibrationError(f"not base64: {exc}", camera=camera, field="mask.png_base64") from exc
+        try:
+            mask = decode_mask_png(data, name=f"camera {camera!r} mask")
+        except FrameError as exc:
+            raise CalibrationError(str(exc), camera=camera, field="mask") from exc
+    if mask.shape != (h, w):
+        raise CalibrationError(f"a {mask.shape[1]}x{mask.shape[0]} mask for a {w}x{h} image", camera=camera, field="mask")
+    if not mask.any():
+        raise CalibrationError("the mask hides every pixel", camera=camera, field="mask")
+    return mask
+
+
+def _camera(spec: CameraSpec, base_dir: Path | None = None) -> Camera:
     try:
         model = _camera_model(spec)
     except ValueError as exc:
         raise CalibrationError(str(exc), camera=spec.name, field="model") from exc
+    mask = _mask(spec.mask, spec.name, spec.image_size_hw, base_dir) if spec.mask is not None else None
     if spec.vehicle_from_camera is not None:
-        return Camera(spec.name, model, vehicle_from_camera=_pose(spec.vehicle_from_camera, spec.name))
+        return Camera(spec.name, model, vehicle_from_camera=_pose(spec.vehicle_from_camera, spec.name), mask=mask)
     assert spec.ground_homography is not None
     try:
         hom = GroundHomography(
@@ -214,10 +277,12 @@ def _camera(spec: CameraSpec) -> Camera:
         )
     except ValueError as exc:
         raise CalibrationError(str(exc), camera=spec.name, field="ground_homography") from exc
-    return Camera(spec.name, model, ground_homography=hom)
+    return Camera(spec.name, model, ground_homography=hom, mask=mask)
 
 
-def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
+def rig_from_spec(spec: RigSpec, source_text: str = "", base_dir: Path | None = None) -> Rig:
+    """The rig a validated file describes; ``base_dir`` is where mask files named by it are read from
+    (None: the rig came without a folder, as a PUT does, and may hold only inline masks)."""
     try:
         grid = BevGrid(spec.grid.x_range_m, spec.grid.y_range_m, spec.grid.cell_size_m)
     except (ValueError, OverflowError) as exc:
@@ -229,7 +294,7 @@ def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
             field="grid.cell_size_m",
         )
     try:
-        ego = EgoBox(spec.ego.x_range_m, spec.ego.y_range_m)
+        ego = EgoBox(spec.ego.x_range_m, spec.ego.y_range_m, spec.ego.height_m)
     except ValueError as exc:
         raise CalibrationError(str(exc), field="ego") from exc
     names = [c.name for c in spec.cameras]
@@ -238,9 +303,8 @@ def rig_from_spec(spec: RigSpec, source_text: str = "") -> Rig:
         raise CalibrationError(
             f"camera names must be unique; {duplicates[0]!r} is used twice", camera=duplicates[0], field="name"
         )
-    rig = Rig(
-        spec.rig_id, spec.version, tuple(_camera(c) for c in spec.cameras), grid, ego, spec.vehicle_frame.origin, source_text
-    )
+    cameras = tuple(_camera(c, base_dir) for c in spec.cameras)
+    rig = Rig(spec.rig_id, spec.version, cameras, grid, ego, spec.vehicle_frame.origin, source_text)
     check_ground_coverage(rig)
     return rig
 
@@ -350,8 +414,8 @@ def read_rig_spec(text: str) -> RigSpec:
     return spec_from_dict(data)
 
 
-def rig_from_yaml(text: str) -> Rig:
-    return rig_from_spec(read_rig_spec(text), text)
+def rig_from_yaml(text: str, base_dir: Path | None = None) -> Rig:
+    return rig_from_spec(read_rig_spec(text), text, base_dir)
 
 
 def load_rig(path: str | Path) -> Rig:
@@ -361,7 +425,7 @@ def load_rig(path: str | Path) -> Rig:
         raise CalibrationError(f"cannot read rig file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise CalibrationError(f"cannot read rig file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    return rig_from_yaml(text)
+    return rig_from_yaml(text, Path(path).parent)
 
 
 def spec_from_rig(rig: Rig, description: str = "") -> RigSpec:
@@ -371,6 +435,8 @@ def spec_from_rig(rig: Rig, description: str = "") -> RigSpec:
     cams = []
     for cam in rig.cameras:
         entry: dict[str, Any] = {"name": cam.name, "image_size_hw": list(cam.image_size_hw), "model": _model_dict(cam.model)}
+        if cam.mask is not None:
+            entry["mask"] = {"png_base64": base64.b64encode(encode_mask_png(cam.mask)).decode("ascii")}
         if cam.vehicle_from_camera is not None:
             entry["vehicle_from_camera"] = {"matrix": np.asarray(cam.vehicle_from_camera, dtype=np.float64).tolist()}
         else:
@@ -387,7 +453,7 @@ def spec_from_rig(rig: Rig, description: str = "") -> RigSpec:
             "description": description,
             "vehicle_frame": {"origin": rig.origin_note},
             "grid": {"x_range_m": rig.grid.x_range_m, "y_range_m": rig.grid.y_range_m, "cell_size_m": rig.grid.cell_size_m},
-            "ego": {"x_range_m": rig.ego.x_range_m, "y_range_m": rig.ego.y_range_m},
+            "ego": {"x_range_m": rig.ego.x_range_m, "y_range_m": rig.ego.y_range_m, "height_m": rig.ego.height_m},
             "cameras": cams,
         }
     )

@@ -83,17 +83,48 @@ class BevGrid:
         }
 
 
+# A camera within this distance of the body's surface (a bumper camera, a mirror camera over the sill)
+# sees past it: only a ray that runs inside the body further than this from its camera is hidden.
+BODY_CLEARANCE_M = 0.4
+
+
 @dataclass(frozen=True)
 class EgoBox:
-    """The vehicle's own footprint, an axis-aligned box in the vehicle frame."""
+    """The vehicle's own footprint, an axis-aligned box in the vehicle frame; with ``height_m``, also
+    its body: the box from the ground up to that height, which hides the ground behind it."""
 
     x_range_m: tuple[float, float]
     y_range_m: tuple[float, float]
+    height_m: float | None = None
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in (("x_range_m", self.x_range_m), ("y_range_m", self.y_range_m)):
             if not hi > lo:
                 raise ValueError(f"ego {name} must be (min, max) with max > min, got ({lo}, {hi})")
+        if self.height_m is not None and not self.height_m > 0:
+            raise ValueError(f"ego height_m must be positive, got {self.height_m}")
+
+    def hides(self, origin_xyz: ArrayLike, ground_xy: ArrayLike, clearance_m: float = BODY_CLEARANCE_M) -> NDArray[np.bool_]:
+        """(...,) whether the body stands between a camera at ``origin_xyz`` and each ground point
+        (..., 2): the segment between them runs inside the body box further than ``clearance_m`` from
+        the camera (slab test, vectorised). All False without ``height_m``."""
+        points = np.asarray(ground_xy, dtype=np.float64)
+        if self.height_m is None:
+            return np.zeros(points.shape[:-1], dtype=bool)
+        origin = np.asarray(origin_xyz, dtype=np.float64)
+        ray = np.concatenate([points, np.zeros_like(points[..., :1])], axis=-1) - origin
+        lo = np.array([self.x_range_m[0], self.y_range_m[0], 0.0])
+        hi = np.array([self.x_range_m[1], self.y_range_m[1], self.height_m])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1, t2 = (lo - origin) / ray, (hi - origin) / ray
+        parallel = ray == 0  # inside that slab for the whole ray, or never
+        within = (lo <= origin) & (origin <= hi)
+        t_low = np.where(parallel, np.where(within, -np.inf, np.inf), np.minimum(t1, t2))
+        t_high = np.where(parallel, np.where(within, np.inf, -np.inf), np.maximum(t1, t2))
+        length = np.linalg.norm(ray, axis=-1)
+        enter = np.maximum(t_low.max(axis=-1), clearance_m / np.maximum(length, 1e-12))
+        leave = np.minimum(t_high.min(axis=-1), 1.0)
+        return np.asarray(leave > enter)
 
     def contains(self, xy: ArrayLike) -> NDArray[np.bool_]:
         p = np.asarray(xy, dtype=np.float64)

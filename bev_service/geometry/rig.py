@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -19,7 +20,7 @@ from bev_service.geometry.grid import BevGrid, EgoBox
 from bev_service.geometry.transforms import apply_rigid, invert_rigid
 
 
-def _same(a: FloatArray | None, b: FloatArray | None) -> bool:
+def _same(a: NDArray[Any] | None, b: NDArray[Any] | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
@@ -75,16 +76,25 @@ class GroundHomography:
 
 @dataclass(frozen=True, eq=False)
 class Camera:
-    """One camera of a rig."""
+    """One camera of a rig. ``mask``, when given, is the (h, w) bool image of the pixels that see the
+    world (False on the car's own body, outside the image circle): a masked pixel never sees the ground."""
 
     name: str
     model: CameraModel
     vehicle_from_camera: FloatArray | None = None
     ground_homography: GroundHomography | None = None
+    mask: BoolArray | None = None
 
     def __post_init__(self) -> None:
         if (self.vehicle_from_camera is None) == (self.ground_homography is None):
             raise ValueError(f"camera {self.name!r}: give exactly one of vehicle_from_camera and ground_homography")
+        if self.mask is not None:
+            mask = np.asarray(self.mask, dtype=bool)
+            if mask.shape != self.image_size_hw:
+                raise ValueError(f"camera {self.name!r}: mask of shape {mask.shape}, expected the image's {self.image_size_hw}")
+            if not mask.any():
+                raise ValueError(f"camera {self.name!r}: the mask hides every pixel")
+            object.__setattr__(self, "mask", mask)
         if self.vehicle_from_camera is not None:
             pose = np.asarray(self.vehicle_from_camera, dtype=np.float64)
             if pose.shape != (4, 4) or not np.isfinite(pose).all():
@@ -94,8 +104,10 @@ class Camera:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Camera):
             return NotImplemented
-        return (self.name, self.model, self.ground_homography) == (other.name, other.model, other.ground_homography) and _same(
-            self.vehicle_from_camera, other.vehicle_from_camera
+        return (
+            (self.name, self.model, self.ground_homography) == (other.name, other.model, other.ground_homography)
+            and _same(self.vehicle_from_camera, other.vehicle_from_camera)
+            and _same(self.mask, other.mask)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -103,6 +115,19 @@ class Camera:
     @property
     def image_size_hw(self) -> tuple[int, int]:
         return self.model.image_size_hw
+
+    @cached_property
+    def centre(self) -> FloatArray:
+        """The camera's optical centre (3,) in the vehicle frame: from its pose, or out of its ground
+        homography (camera_from_ground = s [r1 r2 t] with unit r1, r2: centre = -R^T t)."""
+        if self.vehicle_from_camera is not None:
+            return np.asarray(self.vehicle_from_camera[:3, 3])
+        assert self.ground_homography is not None
+        m = self.ground_homography.camera_from_ground
+        scale = (np.linalg.norm(m[:, 0]) + np.linalg.norm(m[:, 1])) / 2
+        r1, r2, t = m[:, 0] / scale, m[:, 1] / scale, m[:, 2] / scale
+        rotation = np.column_stack([r1, r2, np.cross(r1, r2)])
+        return np.asarray(-rotation.T @ t)
 
     @cached_property
     def camera_from_vehicle(self) -> FloatArray:
@@ -138,6 +163,10 @@ class Camera:
         with np.errstate(invalid="ignore"):
             inside = (uv[..., 0] >= -0.5) & (uv[..., 0] < width - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] < height - 0.5)
         valid = valid & inside
+        if self.mask is not None:
+            rows = np.clip(np.rint(np.nan_to_num(uv[..., 1])), 0, height - 1).astype(np.intp)
+            cols = np.clip(np.rint(np.nan_to_num(uv[..., 0])), 0, width - 1).astype(np.intp)
+            valid = valid & self.mask[rows, cols]
         return np.where(valid[..., None], uv, np.nan), valid
 
 
@@ -180,6 +209,8 @@ class Rig:
             matrices = [cam.vehicle_from_camera] if hom is None else [hom.ground_from_image, hom.undistorted_k]
             for m in matrices:
                 digest.update(np.asarray(m, dtype=np.float64).tobytes())
+            if cam.mask is not None:
+                digest.update(np.packbits(cam.mask).tobytes())
         return digest.hexdigest()[:16]
 
 

@@ -83,8 +83,9 @@ def build_ground_tables(rig: Rig) -> GroundTables:
     pixel_uv = np.empty((len(rig.cameras), *grid.shape, 2), dtype=np.float64)
     density = np.empty((len(rig.cameras), *grid.shape), dtype=np.float64)
     for i, cam in enumerate(rig.cameras):
-        pixel_uv[i] = cam.pixel_from_ground(centres)[0]
+        pixel_uv[i] = cam.pixel_from_ground(centres)[0]  # NaN where masked or outside the image
         density[i] = ground_density(cam, centres, step_m=grid.cell_size_m / 2)
+        density[i][rig.ego.hides(cam.centre, centres)] = 0.0  # the body hides what lies behind it (with an ego height)
     density[:, ego] = 0.0
     score = density * np.stack([view_weight(cam.off_axis_angle(centres)) for cam in rig.cameras])
     owner = np.where(score.max(axis=0) > 0, score.argmax(axis=0), NO_CAMERA).astype(np.int8)
