@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bev_service.cli import calib_import, calib_tools, demo, model, project, serve, synth
+from bev_service.cli import calib_import, calib_tools, demo, model, project, segment, serve, synth
 from bev_service.errors import BevError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.register(commands)
     synth.register(commands)
     model.register(commands)
+    segment.register(commands)
     serve.register(commands)
     demo.register(commands)
     calib = commands.add_parser("calib", help="calibration: import rigs, intrinsics, homographies, checks")

@@ -264,3 +264,13 @@ class _StageClock:
 
     def result(self) -> dict[str, float]:
         return {**self.laps, "total": round((self.last - self.began) * 1000.0, 3)}
+
+
+def segment_image(segmenter: Segmenter, image: NDArray[np.uint8], input_pixels: int | None = None) -> NDArray[np.uint8]:
+    """One (h, w, 3) RGB image of any size through the network at ``network_input_size`` of its own
+    size, to (h, w) class ids at that same size (scaled back nearest-neighbour): what the network sees
+    of a camera before any rig is involved."""
+    h, w = segmenter.input_size_hw
+    size = network_input_size(image.shape[:2], input_pixels if input_pixels is not None else h * w)
+    labels = segmenter.segment(resize_images(image[None], size)).labels_numpy()
+    return resize_labels(labels, image.shape[:2])[0]
