@@ -1,4 +1,5 @@
-"""``bev calib intrinsics | homography | pose | check``: calibrate a camera, tie it to the ground, check a rig.
+"""``bev calib intrinsics | homography | pose | mask | check``: calibrate a camera, tie it to the ground, mask
+what it cannot see, check a rig.
 
 The how-to that strings these together for a real vehicle is ``calibration/README.md``.
 """
@@ -6,10 +7,14 @@ The how-to that strings these together for a real vehicle is ``calibration/READM
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
 
 from bev_service.calib.correspondences import (
     fit_ground_homography,
@@ -20,8 +25,10 @@ from bev_service.calib.correspondences import (
 )
 from bev_service.calib.coverage import coverage_picture, coverage_text, coverage_to_json, measure_coverage
 from bev_service.calib.intrinsics import MODELS, Board, calibrate_images, intrinsics_to_json
-from bev_service.calib.rigfile import load_rig
-from bev_service.imageio import write_png
+from bev_service.calib.mask import mask_from_frames, mask_picture
+from bev_service.calib.rigfile import load_rig, save_rig
+from bev_service.errors import CalibrationError, FrameError
+from bev_service.imageio import check_whole_factor, read_image, write_png
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,27 @@ def register(commands: Any) -> None:
     _register_intrinsics(commands)
     _register_homography(commands)
     _register_pose(commands)
+    _register_mask(commands)
     _register_check(commands)
+
+
+def _register_mask(commands: Any) -> None:
+    p = commands.add_parser(
+        "mask",
+        help="mask a camera's own body and the dark border outside its image circle, from its frames",
+        description="From frames of one camera (a few seconds while the vehicle moves: three or more), the pixels whose "
+        "content stays the same (the car's body: bumper, sill, mirror housing) and those dark in every frame (outside a "
+        "fisheye's image circle), both reaching the image's edge. A single frame gives the image circle alone. Writes the "
+        "mask into the rig file (inline), masked pixels never own a BEV cell, and draws it over the first frame for review.",
+    )
+    p.add_argument("--rig", required=True, type=Path, help="rig file (YAML)")
+    p.add_argument("--camera", required=True, help="the rig camera the frames are of")
+    p.add_argument("--out", type=Path, help="rig file to write (default: --rig, in place)")
+    p.add_argument("--review", type=Path, help="review picture (default: <out stem>.<camera>.mask.png beside it)")
+    p.add_argument(
+        "frames", nargs="+", type=Path, metavar="FRAME", help="the camera's frames: calibrated size or smaller by a whole factor"
+    )
+    p.set_defaults(func=run_mask)
 
 
 def _register_intrinsics(commands: Any) -> None:
@@ -128,6 +155,39 @@ def _positive_int(text: str) -> int:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def run_mask(args: argparse.Namespace) -> int:
+    rig = load_rig(args.rig)
+    try:
+        camera = rig.camera(args.camera)
+    except KeyError as exc:
+        raise CalibrationError(str(exc.args[0]), field="cameras") from exc
+    frames = [read_image(path) for path in args.frames]
+    for path, frame in zip(args.frames, frames, strict=True):
+        check_whole_factor(frame.shape[:2], camera.image_size_hw, name=f"{args.camera} ({path})")
+    try:
+        found = mask_from_frames(frames)
+    except ValueError as exc:
+        raise FrameError(f"camera {args.camera!r}: {exc}") from exc
+    h, w = camera.image_size_hw
+    valid = cv2.resize(found.valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    cameras = tuple(dataclasses.replace(c, mask=valid) if c.name == camera.name else c for c in rig.cameras)
+    out = args.out or args.rig
+    save_rig(dataclasses.replace(rig, cameras=cameras), out, description=f"{args.camera} masked by bev calib mask")
+    review = args.review or out.with_name(f"{out.stem}.{args.camera}.mask.png")
+    write_png(review, mask_picture(frames[0], found))
+    summary = {
+        "rig": str(out),
+        "camera": args.camera,
+        "frames": found.frames,
+        "hidden_share": round(found.hidden_share, 4),
+        "outside_image_circle_share": round(float(found.dark.mean()), 4),
+        "body_share": round(float(found.still.mean()), 4),
+        "review": str(review),
+    }
+    print(json.dumps(summary))
+    return 0
 
 
 def run_intrinsics(args: argparse.Namespace) -> int:
