@@ -18,13 +18,16 @@ from numpy.typing import ArrayLike
 from bev_service.calib.rigfile import load_rig, rig_from_yaml, rig_to_yaml, save_rig
 from bev_service.errors import CalibrationError
 from bev_service.geometry.cameras import FloatArray
-from bev_service.geometry.grid import EgoBox
-from bev_service.geometry.rig import Rig
+from bev_service.geometry.grid import BevGrid, EgoBox
+from bev_service.geometry.rig import Camera, Rig
 
 # Camera positions sit on the body's outline (bumpers, mirrors), so the box they span is a fair
 # stand-in for the footprint when the source gives none; this margin (in the rig's units) keeps the
 # box from collapsing when two cameras share a coordinate.
 MIN_EGO_HALF_SIZE = 1e-3
+# A grid for formats that give none: this square about the vehicle's centre.
+DEFAULT_CELL_SIZE_M = 0.05
+DEFAULT_HALF_EXTENT_M = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,24 @@ def ego_from_camera_positions(positions_xy: ArrayLike) -> EgoBox:
     return EgoBox(
         (float(centre[0] - half[0]), float(centre[0] + half[0])), (float(centre[1] - half[1]), float(centre[1] + half[1]))
     )
+
+
+def square_grid(centre_xy: ArrayLike, cell_size_m: float, half_extent_m: float) -> BevGrid:
+    """A square grid of whole cells reaching ``half_extent_m`` each way from ``centre_xy`` (snapped to the cell size)."""
+    cx, cy = (round(float(c) / cell_size_m) * cell_size_m for c in np.asarray(centre_xy, dtype=np.float64))
+    half = round(half_extent_m / cell_size_m) * cell_size_m
+    return BevGrid((cx - half, cx + half), (cy - half, cy + half), cell_size_m)
+
+
+def posed_rig(rig_id: str, cameras: tuple[Camera, ...], origin_note: str, cell_size_m: float, half_extent_m: float) -> Rig:
+    """A rig of posed cameras for a format that gives no grid and no footprint: the ego box from the camera
+    positions, a ``square_grid`` about its centre. CalibrationError for a camera given twice."""
+    names = [c.name for c in cameras]
+    if len(set(names)) != len(names):
+        raise CalibrationError(f"two files are of the same camera: {names}", field="name")
+    ego = ego_from_camera_positions([c.vehicle_from_camera[:2, 3] for c in cameras if c.vehicle_from_camera is not None])
+    centre = (sum(ego.x_range_m) / 2, sum(ego.y_range_m) / 2)
+    return Rig(rig_id, "1", cameras, square_grid(centre, cell_size_m, half_extent_m), ego, origin_note=origin_note)
 
 
 def rig_id_from(text: str, fallback: str) -> str:

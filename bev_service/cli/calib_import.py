@@ -10,12 +10,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bev_service.calib.import_ocam_json import DEFAULT_CELL_SIZE_M, DEFAULT_CELLS, SOURCE_HEIGHTS
+from bev_service.calib.import_common import DEFAULT_CELL_SIZE_M, DEFAULT_HALF_EXTENT_M
+from bev_service.calib.import_ocam_json import DEFAULT_CELL_SIZE_M as OCAM_CELL_SIZE_M
+from bev_service.calib.import_ocam_json import DEFAULT_CELLS, SOURCE_HEIGHTS
 from bev_service.calib.importers import (
     ImportedRig,
+    import_camera_info,
     import_kdt_json,
     import_ocam_json,
     import_surround_view_yaml,
+    import_woodscape_json,
     write_imported,
 )
 from bev_service.errors import CalibrationError
@@ -31,6 +35,47 @@ def register(commands: Any) -> None:
     _register_surround_view(formats)
     _register_kdt_json(formats)
     _register_ocam_json(formats)
+    _register_woodscape_json(formats)
+    _register_camera_info(formats)
+
+
+def _register_woodscape_json(formats: Any) -> None:
+    ws = formats.add_parser(
+        "woodscape-json",
+        help="WoodScape calibration JSON, one file per camera (radial_poly fisheyes)",
+        description="Read one WoodScape calibration JSON per camera (extrinsic quaternion x y z w and translation, ISO 8855 "
+        "with the origin under the rear axle; intrinsic radial_poly k1..k4, cx/cy_offset, aspect_ratio). The polynomial "
+        "is written exactly as an OCam camera. FV, RV, MVL, MVR become front, rear, left, right.",
+    )
+    ws.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _add_grid(ws)
+    _add_common(ws)
+    ws.set_defaults(func=run_woodscape_json)
+
+
+def _register_camera_info(formats: Any) -> None:
+    ci = formats.add_parser(
+        "camera-info",
+        help="ROS sensor_msgs/CameraInfo YAML per camera, with a poses file",
+        description="Read one CameraInfo YAML per camera (equidistant = OpenCV fisheye, plumb_bob and rational_polynomial = "
+        "pinhole) and --poses, a YAML mapping each camera_name to its vehicle_from_camera (matrix, or quaternion_wxyz and "
+        "translation_m) of the optical frame in the vehicle frame.",
+    )
+    ci.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ci.add_argument("--poses", required=True, type=Path, help="YAML: camera name -> vehicle_from_camera")
+    _add_grid(ci)
+    _add_common(ci)
+    ci.set_defaults(func=run_camera_info)
+
+
+def _add_grid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cell-size-m", type=float, default=DEFAULT_CELL_SIZE_M, help="grid cell size (default %(default)s)")
+    p.add_argument(
+        "--half-extent-m",
+        type=float,
+        default=DEFAULT_HALF_EXTENT_M,
+        help="grid reach from the vehicle's centre (default %(default)s)",
+    )
 
 
 def _register_surround_view(formats: Any) -> None:
@@ -69,7 +114,7 @@ def _register_ocam_json(formats: Any) -> None:
     ocam.add_argument(
         "--height", action="append", default=[], metavar="CAM=DEPTH", help="ground depth below the virtual camera for CAM"
     )
-    ocam.add_argument("--cell-size-m", type=float, default=DEFAULT_CELL_SIZE_M, help="grid cell size (default %(default)s)")
+    ocam.add_argument("--cell-size-m", type=float, default=OCAM_CELL_SIZE_M, help="grid cell size (default %(default)s)")
     ocam.add_argument("--cells", type=int, default=DEFAULT_CELLS, help="grid cells per side (default %(default)s)")
     _add_common(ocam)
     ocam.set_defaults(func=run_ocam_json)
@@ -111,6 +156,20 @@ def run_surround_view(args: argparse.Namespace) -> int:
 
 def run_kdt_json(args: argparse.Namespace) -> int:
     return _write(import_kdt_json(args.file, units_m=args.units_m, rig_id=args.rig_id), args.out)
+
+
+def run_woodscape_json(args: argparse.Namespace) -> int:
+    imported = import_woodscape_json(
+        args.files, rig_id=args.rig_id, cell_size_m=args.cell_size_m, half_extent_m=args.half_extent_m
+    )
+    return _write(imported, args.out)
+
+
+def run_camera_info(args: argparse.Namespace) -> int:
+    imported = import_camera_info(
+        args.files, args.poses, rig_id=args.rig_id, cell_size_m=args.cell_size_m, half_extent_m=args.half_extent_m
+    )
+    return _write(imported, args.out)
 
 
 def run_ocam_json(args: argparse.Namespace) -> int:
