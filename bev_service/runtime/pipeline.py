@@ -49,6 +49,12 @@ class BevResult:
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage and "total"
     device_to_host_bytes: int = 0
     input_sizes_hw: tuple[tuple[int, int], ...] = ()  # per camera, in rig order: the maps' sizes the warp read
+    # Per camera, in rig order, the (h, w) class ids the warp read (on the backend's device until asked for)
+    camera_labels: tuple[Any, ...] = field(default=(), repr=False)
+
+    def camera_labels_numpy(self) -> tuple[NDArray[np.uint8], ...]:
+        """The per-camera label maps on the host (a copy from the device for torch on CUDA)."""
+        return tuple(np.asarray(m.cpu().numpy() if is_torch_tensor(m) else m, dtype=np.uint8) for m in self.camera_labels)
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ class BevPipeline:
                     timings_ms=timings,
                     device_to_host_bytes=copied,
                     input_sizes_hw=self.input_sizes_hw,
+                    camera_labels=tuple(labels[c] for c in range(len(self.rig.cameras))),
                 )
             )
         return out
@@ -226,7 +233,14 @@ class BevPipeline:
         encoded = self.encoder(grid) if self.encoder is not None else None
         clock.lap("encode")
         sizes = tuple((int(m.shape[0]), int(m.shape[1])) for m in maps)
-        return BevResult(grid=grid, encoded=encoded, timings_ms=clock.result(), device_to_host_bytes=0, input_sizes_hw=sizes)
+        return BevResult(
+            grid=grid,
+            encoded=encoded,
+            timings_ms=clock.result(),
+            device_to_host_bytes=0,
+            input_sizes_hw=sizes,
+            camera_labels=tuple(maps),
+        )
 
 
 def input_sizes(rig: Rig, segmenter: Segmenter, input_pixels: int | None = None) -> tuple[tuple[int, int], ...]:

@@ -166,12 +166,23 @@ class BevReply(BaseModel):
     grid: GridInfo
     timing_ms: dict[str, float]
     device_to_host_bytes: int
+    camera_labels: dict[str, str] | None = Field(
+        default=None,
+        description="with camera_labels=true: per camera, the label map the grid was warped from (base64 palette PNG)",
+    )
     input_size_wh: dict[str, list[int]] = Field(
         description="per camera, the size of the map the warp read (the network's input, or the label map's)"
     )
 
     @classmethod
-    def of(cls, entry: RigEntry, result: BevResult, model_info: dict[str, Any], mode: Literal["images", "labels"]) -> BevReply:
+    def of(
+        cls,
+        entry: RigEntry,
+        result: BevResult,
+        model_info: dict[str, Any],
+        mode: Literal["images", "labels"],
+        camera_labels: dict[str, bytes] | None = None,
+    ) -> BevReply:
         assert result.encoded is not None
         png = base64.b64encode(result.encoded).decode("ascii")
         return cls(
@@ -184,6 +195,7 @@ class BevReply(BaseModel):
             timing_ms=result.timings_ms,
             device_to_host_bytes=result.device_to_host_bytes,
             input_size_wh={name: [w, h] for name, (h, w) in zip(entry.rig.camera_names, result.input_sizes_hw, strict=True)},
+            camera_labels={k: base64.b64encode(v).decode("ascii") for k, v in camera_labels.items()} if camera_labels else None,
         )
 
 

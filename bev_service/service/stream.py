@@ -1,8 +1,9 @@
 """WebSocket ``/v1/stream``: msgpack frame sets in, grids out; the latest frame set wins.
 
-A client sends ``{"seq": int, "stamp": float, "images": {camera: encoded image}, "rig": id (optional)}``
-as binary messages and gets ``{"seq", "stamp", "grid": PNG bytes, "timing_ms", "dropped", "rig",
-"rows", "cols"}`` back, or ``{"seq", "error"}`` for a frame set it cannot use. Per connection at most
+A client sends ``{"seq": int, "stamp": float, "images": {camera: encoded image}, "rig": id (optional),
+"camera_labels": bool (optional)}`` as binary messages and gets ``{"seq", "stamp", "grid": PNG bytes,
+"timing_ms", "dropped", "rig", "rows", "cols"}`` back (with ``"camera_labels": {camera: PNG bytes}``, the
+label maps the grid was warped from, when asked), or ``{"seq", "error"}`` for a frame set it cannot use. Per connection at most
 one frame set is computed and one waits; a newer one replaces the waiting one and the replaced one
 is counted in ``dropped``: a client sending faster than the network gets fresh results, never a backlog.
 
@@ -31,7 +32,7 @@ from starlette.websockets import WebSocketState
 
 from bev_service.errors import BevError, FrameError
 from bev_service.service.errors import CLOSE_GOING_AWAY, CLOSE_INVALID, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, StreamClose, describe
-from bev_service.service.state import ServiceState
+from bev_service.service.state import ServiceState, encode_camera_labels
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class FrameSetMessage:
     stamp: float | None
     images: dict[str, bytes]
     rig: str | None
+    camera_labels: bool = False  # send each camera's label map with the grid
 
 
 def parse_message(data: bytes, max_bytes: int, max_cameras: int) -> FrameSetMessage | tuple[Any, str]:
@@ -73,10 +75,14 @@ def parse_message(data: bytes, max_bytes: int, max_cameras: int) -> FrameSetMess
     for name, value in images.items():
         if not isinstance(name, str) or not isinstance(value, bytes):
             return seq, f"images[{name!r}] must be encoded image bytes (msgpack bin) keyed by camera name"
-    unknown = sorted(set(obj) - {"seq", "stamp", "images", "rig"})
+    camera_labels = obj.get("camera_labels", False)
+    if not isinstance(camera_labels, bool):
+        return seq, "camera_labels must be true or false"
+    unknown = sorted(set(obj) - {"seq", "stamp", "images", "rig", "camera_labels"})
     if unknown:
         log.debug("ignoring frame set keys %s", unknown)
-    return FrameSetMessage(seq=seq, stamp=float(stamp) if stamp is not None else None, images=images, rig=rig)
+    stamped = float(stamp) if stamp is not None else None
+    return FrameSetMessage(seq=seq, stamp=stamped, images=images, rig=rig, camera_labels=camera_labels)
 
 
 class StreamSlots:
@@ -157,8 +163,6 @@ class StreamSession:
             raise StreamClose(CLOSE_GOING_AWAY, reason) from None
 
     async def compute_loop(self) -> None:
-        engine, store, metrics = self.state.engine, self.state.store, self.state.metrics
-        assert engine is not None and store is not None
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -167,26 +171,36 @@ class StreamSession:
             job, self.pending = self.pending, None
             if job is None:
                 continue
-            began = time.perf_counter()
             try:
-                entry = store.get(job.rig)
-                result = await engine.infer(entry, job.images)
-            except BevError as exc:
-                if isinstance(exc, FrameError):
-                    metrics.frame_set_refused("stream")
-                await self.send(describe(exc).stream_message(job.seq))
-                continue
-            metrics.frame_set_answered("stream", result.timings_ms, began)
-            rows, cols = result.grid.shape
-            await self.send(
-                {
-                    "seq": job.seq,
-                    "stamp": job.stamp,
-                    "grid": result.encoded,
-                    "timing_ms": result.timings_ms,
-                    "dropped": self.dropped,
-                    "rig": entry.rig_id,
-                    "rows": rows,
-                    "cols": cols,
-                }
-            )
+                await self._answer(job)
+            except Exception:  # a bug costs this frame set, never the session or the process
+                log.exception("stream frame set %s failed", job.seq)
+                await self.send({"seq": job.seq, "error": "internal error", "kind": "internal"})
+
+    async def _answer(self, job: FrameSetMessage) -> None:
+        engine, store, metrics = self.state.engine, self.state.store, self.state.metrics
+        assert engine is not None and store is not None
+        began = time.perf_counter()
+        try:
+            entry = store.get(job.rig)
+            result = await engine.infer(entry, job.images)
+        except BevError as exc:
+            if isinstance(exc, FrameError):
+                metrics.frame_set_refused("stream")
+            await self.send(describe(exc).stream_message(job.seq))
+            return
+        metrics.frame_set_answered("stream", result.timings_ms, began)
+        rows, cols = result.grid.shape
+        reply = {
+            "seq": job.seq,
+            "stamp": job.stamp,
+            "grid": result.encoded,
+            "timing_ms": result.timings_ms,
+            "dropped": self.dropped,
+            "rig": entry.rig_id,
+            "rows": rows,
+            "cols": cols,
+        }
+        if job.camera_labels:
+            reply["camera_labels"] = await asyncio.to_thread(encode_camera_labels, entry.rig, result)
+        await self.send(reply)

@@ -6,6 +6,7 @@ fields whose names are only known once the rig is loaded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Literal
 
@@ -19,11 +20,13 @@ from bev_service.service.deps import Ready, Token
 from bev_service.service.errors import ApiError
 from bev_service.service.negotiate import best_match
 from bev_service.service.schemas import ERRORS, BevReply
+from bev_service.service.state import encode_camera_labels
 
 PATH = "/v1/bev"
 Format = Literal["json", "png", "raw"]
 MEDIA_TYPES: dict[str, Format] = {"application/json": "json", "image/png": "png", "application/octet-stream": "raw"}
-FORM_FIELDS = ("rig", "labels")
+FORM_FIELDS = ("rig", "labels", "camera_labels")
+TRUE = ("1", "true", "yes", "on")
 
 router = APIRouter(tags=["bev"], dependencies=[Token], responses={401: ERRORS[401]})
 
@@ -33,7 +36,8 @@ router = APIRouter(tags=["bev"], dependencies=[Token], responses={401: ERRORS[40
     summary="One frame set to its BEV grid",
     description="JSON by default; `Accept: image/png` (or format=png) gives the palette PNG of class ids, "
     "`Accept: application/octet-stream` (or format=raw) the rows x cols bytes. With labels=true the files are "
-    "per-camera label maps (8-bit PNG of class ids) and are only warped and fused.",
+    "per-camera label maps (8-bit PNG of class ids) and are only warped and fused. With camera_labels=true the JSON reply "
+    "also holds each camera's label map the grid was warped from.",
     response_model=BevReply,
     responses={
         **{k: v for k, v in ERRORS.items() if k != 401},
@@ -51,6 +55,7 @@ async def post_bev(
     format: Format | None = None,
     rig: Annotated[str | None, Query(max_length=64)] = None,
     labels: bool = False,
+    camera_labels: bool = False,
 ) -> Response:
     assert st.store is not None and st.engine is not None
     content_type = request.headers.get("content-type", "")
@@ -63,7 +68,9 @@ async def post_bev(
     files, fields = await read_form(request, st.settings.max_cameras)
     rig = fields.get("rig", rig)
     if "labels" in fields:
-        labels = fields["labels"].lower() in ("1", "true", "yes", "on")
+        labels = fields["labels"].lower() in TRUE
+    if "camera_labels" in fields:
+        camera_labels = fields["camera_labels"].lower() in TRUE
     entry = st.store.get(rig)
     if not files:
         raise FrameError(f"no image files in the form; expected one per camera: {', '.join(entry.rig.camera_names)}")
@@ -81,7 +88,8 @@ async def post_bev(
         return Response(result.encoded, media_type="image/png", headers=headers)
     if kind == "raw":
         return Response(result.grid.tobytes(), media_type="application/octet-stream", headers=headers)
-    reply = BevReply.of(entry, result, st.model_info, "labels" if labels else "images")
+    maps = await asyncio.to_thread(encode_camera_labels, entry.rig, result) if camera_labels else None
+    reply = BevReply.of(entry, result, st.model_info, "labels" if labels else "images", maps)
     return JSONResponse(reply.model_dump(), headers=headers)
 
 
