@@ -75,21 +75,28 @@ class Renderer:
                 )
         self.rig = rig
         self.scale = scale
-        h, w = rig.cameras[0].image_size_hw
-        self.image_size_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        # Each camera at ``scale`` of its own calibrated size (cameras of one rig may differ in size).
+        self.image_sizes_hw = tuple(
+            (max(1, round(h * scale)), max(1, round(w * scale))) for h, w in (c.image_size_hw for c in rig.cameras)
+        )
+        self.image_size_hw = self.image_sizes_hw[0]
         self.projector = BevProjector(rig)
         try:
-            check_input_size(self.projector.tables, self.image_size_hw)
+            check_input_size(self.projector.tables, self.image_sizes_hw)
         except ValueError as exc:
             raise CalibrationError(f"cannot render at scale {scale}: {exc}") from exc
         self.body = ego_parts(rig)
-        self.cameras = tuple(build_camera_rays(cam, self.image_size_hw, self.body, ground_cell_m) for cam in rig.cameras)
+        self.cameras = tuple(
+            build_camera_rays(cam, size, self.body, ground_cell_m)
+            for cam, size in zip(rig.cameras, self.image_sizes_hw, strict=True)
+        )
         self.cell_centres = rig.grid.cell_centres()
         self.unknown = (self.projector.tables.owner == NO_CAMERA) & ~self.projector.tables.ego
         self.details = shading.DetailTextures.build()
         noise_rng = np.random.default_rng(11)
         self.last_timings_s: dict[str, float] = {}
-        self._noise = noise_rng.standard_normal((self.image_size_hw[0] + 32, self.image_size_hw[1] + 32, 3), dtype=np.float32)
+        tallest, widest = (max(side) for side in zip(*self.image_sizes_hw, strict=True))
+        self._noise = noise_rng.standard_normal((tallest + 32, widest + 32, 3), dtype=np.float32)
 
     def render(
         self,
@@ -115,12 +122,14 @@ class Renderer:
         for i, cam in enumerate(self.cameras):
             radiance, labels[cam.name] = self._camera(cam, world, pose, scene, app, sun, shadows, clock)
             offset = rng.integers(0, 32, size=2)
-            noise = self._noise[offset[0] : offset[0] + self.image_size_hw[0], offset[1] : offset[1] + self.image_size_hw[1]]
+            h, w = self.image_sizes_hw[i]
+            noise = self._noise[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
             valid = cam.to_image(cam.valid)
             images[cam.name], jpeg[cam.name] = ap.finish_image(app, radiance, i, cam.edge_falloff, valid, noise, self.scale)
             clock.lap("finish")
         names = self.rig.camera_names
-        oracle = self.projector.warp_labels(np.stack([labels[n] for n in names]))
+        maps = [labels[n] for n in names]
+        oracle = self.projector.warp_labels(np.stack(maps) if len(set(self.image_sizes_hw)) == 1 else maps)
         truth = self.bev_truth(world, pose, actors)
         clock.lap("bev")
         self.last_timings_s = dict(clock.laps)
