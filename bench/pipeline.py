@@ -7,7 +7,9 @@ the median of every stage, and the bytes handed from the backend to the host per
 grid's 160000 with torch; the label maps with ONNX Runtime, whose warp runs on the host). With ONNX
 Runtime, the baseline is the same pipeline on ONNX Runtime's default session, whose worker threads spin
 between runs and take the cores from the JPEG decoding (``speedup_vs_spinning``).
-With a CUDA GPU, also the torch-CUDA latency and the throughput of batched frame sets.
+With a CUDA GPU, also the torch-CUDA latency and the throughput of batched frame sets. When the real
+pjlab road recording is present (``BEV_REAL_DATA``), also its rig of 1280x1080 fisheyes on its recorded
+frame set (``real_rig``: each camera at its own network size).
 
 Model: ``--model``; by default the shipped pruned model as the service on a CPU picks it
 (``resolve_model``: ``models/enet-pruned-int8.onnx`` when it is current, else ``enet-pruned.onnx``, else
@@ -22,6 +24,7 @@ With ONNX Runtime it prints the ratio against the spinning-threads baseline meas
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from bench.common import Timing, bench_parser, format_table, json_line, machine, time_call
+from bev_service.calib.importers import import_kdt_json
 from bev_service.calib.rigfile import load_rig
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
@@ -48,6 +52,18 @@ from bev_service.training.export import export_onnx
 from bev_service.training.prune import prune_network
 
 HELD_OUT_SEED = 100_000
+# A real rig of another camera shape, timed beside the default one when the recording is here (timing only).
+REAL_DATA = Path(os.environ.get("BEV_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
+REAL_RIG = "pjlab-4fisheye-road"  # four 1280x1080 fisheyes
+
+
+def real_rig_frames() -> tuple[Rig, list[dict[str, bytes]]] | None:
+    """The pjlab road rig (kdt-json) and its one recorded frame set, or None when the recording is absent."""
+    folder = REAL_DATA / REAL_RIG
+    if not folder.is_dir():
+        return None
+    rig = import_kdt_json(folder / "calibration_from_source.json").rig
+    return rig, [{cam: (folder / "imgs" / f"{cam.capitalize()}.jpg").read_bytes() for cam in rig.camera_names}]
 
 
 def frame_sets(rig: Rig, count: int) -> list[dict[str, bytes]]:
@@ -144,6 +160,14 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
         pipeline = BevPipeline(rig, segmenter, projector=projector)
         timing, details = time_pipeline(pipeline, frames, args.repeat, f"pipeline {segmenter.backend}")
         pipeline.close()
+        real = None if args.quick else real_rig_frames()
+        if real is not None:
+            real_pipeline = BevPipeline(real[0], segmenter)
+            real_timing, real_details = time_pipeline(
+                real_pipeline, real[1], args.repeat, f"pipeline {segmenter.backend}, {REAL_RIG}"
+            )
+            real_sizes = real_pipeline.input_sizes_hw
+            real_pipeline.close()
         if isinstance(segmenter, OnnxSegmenter):
             # The baseline: the same graph with ONNX Runtime's default of worker threads that busy-wait between runs.
             # Timed after, not interleaved: a spinning session slows whatever runs next, so alternating would
@@ -151,7 +175,7 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
             spinning = BevPipeline(rig, OnnxSegmenter(segmenter.path, spin=True), projector=projector)
             baseline, _ = time_pipeline(spinning, frames, args.repeat, "baseline: ONNX Runtime default (spinning threads)")
             spinning.close()
-    timings = [timing, *([baseline] if baseline else [])]
+    timings = [timing, *([baseline] if baseline else []), *([real_timing] if real is not None else [])]
     figures: dict[str, Any] = {
         "median_ms": timing.median_ms,
         "p99_ms": timing.p99_ms,
@@ -165,6 +189,15 @@ def measure(args: Any) -> tuple[list[Timing], dict[str, Any]]:
         "input_size_hw": list(segmenter.input_size_hw),
         "frame_size_hw": list(rig.cameras[0].image_size_hw),
     }
+    if real is not None:
+        figures["real_rig"] = {
+            "rig": REAL_RIG,
+            "frame_size_hw": list(real[0].cameras[0].image_size_hw),
+            "input_sizes_hw": [list(size) for size in real_sizes],
+            "median_ms": real_timing.median_ms,
+            "p99_ms": real_timing.p99_ms,
+            "stages_ms": real_details["stages_ms"],
+        }
     if torch.cuda.is_available() and not args.quick:
         cuda_timing, cuda = measure_cuda(rig, args, frames, projector)
         timings.append(cuda_timing)

@@ -188,6 +188,43 @@ def _with_legend(picture: NDArray[np.uint8], coverage: Coverage) -> NDArray[np.u
     return canvas
 
 
+MASK_STRIP_HEIGHT_PX = 120
+
+
+def with_masks(canvas: NDArray[np.uint8], rig: Rig) -> NDArray[np.uint8]:
+    """The coverage picture with a strip below it of each masked camera's mask (in the camera's colour:
+    the pixels that see; dark: the body and the outside of the image circle) and, with the rig's body
+    height, a note of it. The picture itself when no camera has a mask and the rig no body."""
+    thumbs = []
+    for i, cam in enumerate(rig.cameras):
+        if cam.mask is None:
+            continue
+        h, w = cam.image_size_hw
+        size = (max(1, round(w * MASK_STRIP_HEIGHT_PX / h)), MASK_STRIP_HEIGHT_PX)
+        small = cv2.resize(cam.mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+        thumb = np.full((MASK_STRIP_HEIGHT_PX + _LINE_PX, size[0], 3), 12, np.uint8)
+        thumb[_LINE_PX:][small] = camera_colour(i)
+        thumb[_LINE_PX:][~small] = (40, 40, 40)
+        label = f"{cam.name} mask: {100 * (1 - cam.mask.mean()):.0f}% hidden"
+        cv2.putText(thumb, label, (2, _LINE_PX - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
+        thumbs.append(thumb)
+    body = rig.ego.height_m is not None
+    if not thumbs and not body:
+        return canvas
+    row_h = (MASK_STRIP_HEIGHT_PX + _LINE_PX) if thumbs else 0
+    strip = np.full((row_h + (_LINE_PX if body else 0) + 8, canvas.shape[1], 3), 12, np.uint8)
+    x = 4
+    for thumb in thumbs:
+        if x + thumb.shape[1] > strip.shape[1]:
+            break  # as many as fit the picture's width
+        strip[4 : 4 + thumb.shape[0], x : x + thumb.shape[1]] = thumb
+        x += thumb.shape[1] + 8
+    if body:
+        note = f"body: the ego box up to {rig.ego.height_m:g} m hides the ground behind it"
+        cv2.putText(strip, note, (4, row_h + _LINE_PX), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (235, 235, 235), 1, cv2.LINE_AA)
+    return np.concatenate([canvas, strip])
+
+
 def coverage_to_json(rig: Rig, coverage: Coverage, layout: dict[str, Any]) -> dict[str, Any]:
     """The figures of a coverage check (written beside the picture)."""
     return {
@@ -201,9 +238,11 @@ def coverage_to_json(rig: Rig, coverage: Coverage, layout: dict[str, Any]) -> di
                 "colour_rgb": list(camera_colour(i)),
                 "owner_share": coverage.owner_share[name],
                 "seen_share": coverage.seen_share[name],
+                "masked_share": None if cam.mask is None else float(1 - cam.mask.mean()),
             }
-            for i, name in enumerate(coverage.camera_names)
+            for i, (name, cam) in enumerate(zip(coverage.camera_names, rig.cameras, strict=True))
         ],
+        "body_height_m": rig.ego.height_m,
         "unknown_share": coverage.unknown_share,
         "ego_share": coverage.ego_share,
         "overlap_share": coverage.overlap_share,

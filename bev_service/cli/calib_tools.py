@@ -23,7 +23,7 @@ from bev_service.calib.correspondences import (
     load_points,
     pose_to_json,
 )
-from bev_service.calib.coverage import coverage_picture, coverage_text, coverage_to_json, measure_coverage
+from bev_service.calib.coverage import coverage_picture, coverage_text, coverage_to_json, measure_coverage, with_masks
 from bev_service.calib.intrinsics import MODELS, Board, calibrate_images, intrinsics_to_json
 from bev_service.calib.mask import mask_from_frames, mask_picture
 from bev_service.calib.rigfile import load_rig, save_rig
@@ -231,6 +231,7 @@ def run_check(args: argparse.Namespace) -> int:
     rig = load_rig(args.rig)
     tables, coverage = measure_coverage(rig)
     picture, layout = coverage_picture(tables, coverage, scale=args.scale)
+    picture = with_masks(picture, rig)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_png(args.out, picture)
     _write_json(args.out.with_suffix(".json"), coverage_to_json(rig, coverage, layout))

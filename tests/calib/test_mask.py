@@ -4,6 +4,7 @@ image circle (the real-data part skips when the folder is absent)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -136,3 +137,20 @@ def test_no_cell_of_the_pjlab_road_rig_is_read_from_outside_an_image_circle(real
     assert before > 1000, "the case this guards against: cells read from the black outside the circles"
     assert after < 0.001 * owned_after, (before, after)
     assert owned_after > 0.8 * owned_before
+
+
+def test_bev_calib_check_shows_the_masks_and_the_body(tmp_path: Path) -> None:
+    plain_out, masked_out = tmp_path / "plain.png", tmp_path / "masked.png"
+    assert main(["calib", "check", "--rig", str(DEFAULT_RIG), "--out", str(plain_out)]) == 0
+    rig = load_rig(DEFAULT_RIG)
+    mask = np.ones((640, 960), bool)
+    mask[520:] = False
+    cameras = tuple(dataclasses.replace(c, mask=mask) if c.name == "rear" else c for c in rig.cameras)
+    rig_file = tmp_path / "masked.yaml"
+    save_rig(dataclasses.replace(rig, cameras=cameras, ego=dataclasses.replace(rig.ego, height_m=1.5)), rig_file)
+    assert main(["calib", "check", "--rig", str(rig_file), "--out", str(masked_out)]) == 0
+    plain, masked = read_image(plain_out), read_image(masked_out)
+    assert masked.shape[0] > plain.shape[0] + 100 and masked.shape[1] == plain.shape[1], "a strip of masks below"
+    figures = json.loads(masked_out.with_suffix(".json").read_text())
+    shares = {c["name"]: c["masked_share"] for c in figures["cameras"]}
+    assert shares["rear"] == pytest.approx(120 / 640) and shares["front"] is None and figures["body_height_m"] == 1.5
