@@ -106,6 +106,7 @@ class CameraPublic(BaseModel):
     model: str = Field(description="camera model class, e.g. FisheyeCamera")
     image_size_wh: list[int]
     input_size_wh: list[int] = Field(description="the size its frames run through the network at")
+    position_m: list[float] = Field(description="its optical centre (x, y, z) in the vehicle frame, metres")
 
 
 class RigSummary(BaseModel):
@@ -126,6 +127,7 @@ class RigSummary(BaseModel):
                 model=type(c.model).__name__,
                 image_size_wh=[c.image_size_hw[1], c.image_size_hw[0]],
                 input_size_wh=[w, h],
+                position_m=[round(float(v), 4) for v in c.centre],
             )
             for c, (h, w) in zip(rig.cameras, entry.input_sizes_hw, strict=True)
         ]

@@ -311,6 +311,64 @@ def test_demo_drive_plays_and_paints_the_bev(server: str, browser: Any) -> None:
     assert severe_logs(browser) == []
 
 
+CAMERA_OVERLAYS = """
+return [...document.querySelectorAll('#camera-grid .camera-frame')].map(frame => {
+  const canvas = frame.querySelector('canvas');
+  if (!canvas || !canvas.width) return [frame.dataset.camera, 0, 0, 0];
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let opaque = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] > 0) opaque++;
+  return [frame.dataset.camera, canvas.width, canvas.height, opaque];
+});
+"""
+
+OVERLAY_AT = """
+const canvas = document.getElementById('bev-overlay');
+const ctx = canvas.getContext('2d');
+const [u, v] = arguments[0];
+const data = ctx.getImageData(Math.round(u * canvas.width), Math.round(v * canvas.height), 1, 1).data;
+let drawn = 0;
+const all = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+for (let i = 3; i < all.length; i += 4) if (all[i] > 0) drawn++;
+return {pixel: Array.from(data), drawn: drawn, size: [canvas.width, canvas.height]};
+"""
+
+
+def test_labels_over_frames_and_the_grid_in_metres(server: str, browser: Any) -> None:
+    """With "labels over frames" the stream asks for each camera's label map and the page lays it over the
+    frame at the network's size; over the grid, a scale bar, the extent and a marker at each camera."""
+    browser.get(f"{server}/")
+    wait_for(lambda: text_of(browser, "status") == "ready", "the page to load its metadata")
+    browser.find_element("id", "camera-labels").click()
+    browser.find_element("id", "play").click()
+    rig = httpx.get(f"{server}/v1/rigs/default").json()
+    sizes = {c["name"]: c["input_size_wh"] for c in rig["cameras"]}
+
+    def overlays() -> list[list[Any]] | None:
+        found = browser.execute_script(CAMERA_OVERLAYS)
+        return found if len(found) == 4 and all(f[3] > 0 for f in found) else None
+
+    found = wait_for(overlays, "the four cameras' label overlays", timeout_s=120)
+    for camera, width, height, opaque in found:
+        assert [width, height] == sizes[camera] and opaque == width * height, (camera, width, height, opaque)
+    grid = rig["grid"]
+    front = next(c for c in rig["cameras"] if c["name"] == "front")
+    u = (grid["y_range_m"][1] - front["position_m"][1]) / (grid["y_range_m"][1] - grid["y_range_m"][0])
+    v = (grid["x_range_m"][1] - front["position_m"][0]) / (grid["x_range_m"][1] - grid["x_range_m"][0])
+    drawn = browser.execute_script(OVERLAY_AT, [u, v])
+    assert drawn["size"] == [2 * grid["cols"], 2 * grid["rows"]]
+    assert drawn["pixel"][:3] == [255, 212, 0] and drawn["pixel"][3] == 255, drawn["pixel"]  # the camera marker
+    assert 0 < drawn["drawn"] < 0.05 * drawn["size"][0] * drawn["size"][1], "marks, not a painted-over grid"
+    assert "x -10" in text_of(browser, "grid-info") and "m" in text_of(browser, "grid-info")
+    browser.find_element("id", "camera-labels").click()
+    wait_for(
+        lambda: not browser.execute_script("return document.querySelectorAll('.camera-frame canvas').length;"),
+        "the overlays to go",
+    )
+    browser.find_element("id", "stop").click()
+    assert severe_logs(browser) == []
+
+
 def test_token_is_sent_on_rest_and_stream(tiny_weights_path: Path, tmp_path: Path, browser: Any) -> None:
     """With BEV_API_TOKEN set, the page without a token says so; with ?token= it loads and plays."""
     settings = viewer_settings(tiny_weights_path, tmp_path / "rigs", api_token=TOKEN, warmup=False)

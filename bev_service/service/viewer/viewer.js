@@ -58,7 +58,10 @@ const state = {
   errorsInARow: 0,
   dropped: 0,
   drawnSeq: -1,
+  labelsSeq: -1,
   replyTimes: [],
+  rigs: new Map(), // id -> rig summary (grid, cameras with positions), from /v1/rigs
+  defaultRig: null,
 };
 
 function setStatus(kind, text) {
@@ -226,6 +229,8 @@ function cameraSummary(cameras) {
 function renderRigs(body) {
   const rigs = Array.isArray(body) ? body : body.rigs || [];
   const defaultId = Array.isArray(body) ? null : body.default ?? null;
+  state.rigs = new Map(rigs.filter((r) => r && typeof r === "object").map((r) => [r.id ?? r.rig_id, r]));
+  state.defaultRig = defaultId;
   const entries = [];
   for (const rig of rigs) {
     if (!rig || typeof rig !== "object") {
@@ -385,6 +390,11 @@ function showReply(reply, sent) {
   updateFps(now);
   renderTimings(reply.timing_ms || {});
   if (reply.grid instanceof Uint8Array) drawGrid(reply).catch((err) => setStatus("error", `grid: ${err.message}`));
+  if (reply.camera_labels && typeof reply.camera_labels === "object") {
+    drawCameraLabels(reply).catch((err) => setStatus("error", `camera labels: ${err.message}`));
+  } else if (!$("camera-labels").checked) {
+    clearCameraLabels();
+  }
   if (state.playing && $("status").dataset.state !== "playing") setStatus("playing", "playing");
 }
 
@@ -408,7 +418,103 @@ async function drawGrid(reply) {
   hatchUnknown(ctx, canvas.width, canvas.height);
   const rows = reply.rows ?? bitmap.height;
   const cols = reply.cols ?? bitmap.width;
-  setText("grid-info", `rig ${reply.rig ?? "?"} · ${rows} × ${cols} cells · frame ${reply.seq}`);
+  const rig = state.rigs.get(reply.rig ?? state.defaultRig);
+  const extent = rig?.grid ? ` · x ${rig.grid.x_range_m.join(" to ")} m, y ${rig.grid.y_range_m.join(" to ")} m` : "";
+  setText("grid-info", `rig ${reply.rig ?? "?"} · ${rows} × ${cols} cells${extent} · frame ${reply.seq}`);
+  drawMetres(rig, cols, rows);
+}
+
+// The grid in metres, on the overlay canvas: a scale bar, the extent at the corners, the cameras where
+// they sit on the vehicle. Row 0 is the largest x (forward up), column 0 the largest y (left on the left).
+const OVERLAY_SCALE = 2;
+const SCALE_BAR_M = [1, 2, 5, 10, 20, 50, 100];
+
+function outlined(ctx, text, x, y) {
+  ctx.save();
+  ctx.strokeStyle = "#000";
+  ctx.lineWidth = 3;
+  ctx.strokeText(text, x, y);
+  ctx.fillStyle = "#fff";
+  ctx.fillText(text, x, y);
+  ctx.restore();
+}
+
+function drawMetres(rig, cols, rows) {
+  const overlay = $("bev-overlay");
+  const width = cols * OVERLAY_SCALE;
+  const height = rows * OVERLAY_SCALE;
+  if (overlay.width !== width || overlay.height !== height) {
+    overlay.width = width;
+    overlay.height = height;
+  }
+  const ctx = overlay.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  const grid = rig?.grid;
+  if (!grid || !grid.cell_size_m) return;
+  const px = OVERLAY_SCALE / grid.cell_size_m; // overlay pixels per metre
+  const [xMin, xMax] = grid.x_range_m;
+  const [yMin, yMax] = grid.y_range_m;
+  const at = (x, y) => [(yMax - y) * px, (xMax - x) * px];
+  ctx.font = `${Math.max(10, Math.round(width / 45))}px sans-serif`;
+  ctx.lineWidth = Math.max(2, width / 300);
+  // scale bar: the longest round length within a fifth of the width
+  const bar = SCALE_BAR_M.filter((m) => m * px <= width / 5).pop() ?? SCALE_BAR_M[0];
+  const x0 = width * 0.04;
+  const y0 = height * 0.96;
+  ctx.strokeStyle = "#fff";
+  ctx.fillStyle = "#fff";
+  ctx.beginPath();
+  ctx.moveTo(x0, y0);
+  ctx.lineTo(x0 + bar * px, y0);
+  ctx.moveTo(x0, y0 - 6);
+  ctx.lineTo(x0, y0 + 6);
+  ctx.moveTo(x0 + bar * px, y0 - 6);
+  ctx.lineTo(x0 + bar * px, y0 + 6);
+  ctx.stroke();
+  outlined(ctx, `${bar} m`, x0, y0 - 10);
+  // the extent, at the top corners: forward (x) edge and the lateral (y) span
+  ctx.textAlign = "left";
+  outlined(ctx, `x ${xMax} m`, width * 0.02, height * 0.04);
+  ctx.textAlign = "right";
+  outlined(ctx, `y ${yMin} … ${yMax} m`, width * 0.98, height * 0.04);
+  ctx.textAlign = "left";
+  // the cameras
+  for (const camera of rig.cameras || []) {
+    if (!Array.isArray(camera.position_m)) continue;
+    const [u, v] = at(camera.position_m[0], camera.position_m[1]);
+    ctx.beginPath();
+    ctx.arc(u, v, Math.max(4, width / 120), 0, 2 * Math.PI);
+    ctx.fillStyle = "#ffd400";
+    ctx.fill();
+    ctx.strokeStyle = "#000";
+    ctx.stroke();
+    outlined(ctx, camera.name, u + 8, v - 8);
+  }
+}
+
+async function drawCameraLabels(reply) {
+  if (reply.seq < state.labelsSeq) return;
+  state.labelsSeq = reply.seq;
+  for (const [camera, png] of Object.entries(reply.camera_labels)) {
+    const frame = $("camera-grid").querySelector(`.camera-frame[data-camera="${CSS.escape(camera)}"]`);
+    if (!frame || !(png instanceof Uint8Array)) continue;
+    const bitmap = await createImageBitmap(new Blob([png], { type: "image/png" }));
+    let canvas = frame.querySelector("canvas");
+    if (!canvas) {
+      canvas = element("canvas", { ariaLabel: `${camera} labels` });
+      frame.append(canvas);
+    }
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(bitmap, 0, 0);
+    bitmap.close();
+  }
+}
+
+function clearCameraLabels() {
+  for (const canvas of $("camera-grid").querySelectorAll(".camera-frame canvas")) canvas.remove();
 }
 
 function showCameras(frame, seq) {
@@ -419,7 +525,9 @@ function showCameras(frame, seq) {
       grid.querySelector("p")?.remove();
       img = element("img", { alt: `${camera} camera` });
       img.dataset.camera = camera;
-      grid.append(element("figure", {}, img, element("figcaption", { textContent: camera })));
+      const frameBox = element("div", { className: "camera-frame" }, img);
+      frameBox.dataset.camera = camera;
+      grid.append(element("figure", {}, frameBox, element("figcaption", { textContent: camera })));
     }
     if (img.src !== url) img.src = url;
   }
@@ -466,7 +574,9 @@ async function pump() {
       const socket = state.socket;
       if (!state.playing || !socket || socket.readyState !== WebSocket.OPEN) break;
       const seq = state.seq++;
-      socket.send(msgpackEncode({ seq, stamp: Date.now() / 1000, images: frame.images }));
+      const message = { seq, stamp: Date.now() / 1000, images: frame.images };
+      if ($("camera-labels").checked) message.camera_labels = true;
+      socket.send(msgpackEncode(message));
       state.pending.set(seq, { frame, sentAt: performance.now() });
       state.lastSentAt = performance.now();
       state.sent++;
@@ -572,6 +682,9 @@ function init() {
   });
   $("controls").addEventListener("submit", (event) => event.preventDefault());
   $("play").addEventListener("click", play);
+  $("camera-labels").addEventListener("change", (event) => {
+    if (!event.target.checked) clearCameraLabels();
+  });
   $("stop").addEventListener("click", stop);
   setInterval(tick, 500);
   loadInfo();
