@@ -112,7 +112,11 @@ def test_infer_writes_class_ids_and_timings(tiny_onnx: Path, tmp_path: Path) -> 
     grid = read_labels(out)
     assert grid.shape == (400, 400) and set(np.unique(grid)) - {EGO, UNKNOWN} <= set(range(8))
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["backend"] == "onnxruntime-cpu" and meta["input_size_hw"] == list(TINY_SIZE_HW)
+    assert meta["backend"] == "onnxruntime-cpu" and meta["trained_input_size_hw"] == list(TINY_SIZE_HW)
+    assert (
+        meta["input_sizes_hw"] == {name: list(TINY_SIZE_HW) for name in meta["input_sizes_hw"]}
+        and len(meta["input_sizes_hw"]) == 4
+    )
     assert meta["timings_ms"]["total"] > 0 and meta["rows"] == 400
 
 
