@@ -78,6 +78,9 @@ class ModelInfo(BaseModel):
     quantization: dict[str, Any] | None = Field(description="how an int8 graph was made; null for a float model")
     input_size_hw: list[int] = Field(description="the size the network was trained at")
     input_pixels: int = Field(description="pixels each camera runs at, in its own aspect ratio (BEV_INPUT_PIXELS)")
+    default_rig_input_size_wh: dict[str, list[int]] = Field(
+        default_factory=dict, description="the default rig's cameras and the size each runs through the network at"
+    )
     config: dict[str, Any]
 
 

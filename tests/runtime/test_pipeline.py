@@ -267,3 +267,16 @@ def test_cuda_pipeline_copies_only_the_grid(rig: Rig, projector: BevProjector) -
     gpu = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cuda"), projector=projector).run(frames)
     assert gpu.device_to_host_bytes == gpu.grid.nbytes
     assert (gpu.grid != cpu.grid).mean() < 1e-3
+
+
+@pytest.mark.parametrize("count", [1, 12])
+def test_rigs_of_one_to_twelve_cameras_run(rig: Rig, count: int) -> None:
+    """One camera, or twelve (the default rig's four, three times over, on a coarse grid)."""
+    cameras = tuple(replace(rig.cameras[i % 4], name=f"cam{i}") for i in range(count))
+    coarse = replace(rig, rig_id=f"rig{count}", cameras=cameras, grid=replace(rig.grid, cell_size_m=0.2))
+    pipeline = BevPipeline(coarse, TorchSegmenter(tiny_model(), TINY, device="cpu"))
+    frames = jpeg_frames(coarse)
+    result = pipeline.run(frames)
+    assert result.grid.shape == (100, 100) and len(result.camera_labels) == count
+    assert len(pipeline.input_sizes_hw) == count
+    pipeline.close()

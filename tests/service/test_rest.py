@@ -171,7 +171,8 @@ def test_model(server: LiveServer, tiny_weights: Path) -> None:
     info = httpx.get(server.url("/v1/model")).json()
     assert info["file"] == tiny_weights.name and info["backend"] == "torch-cpu"
     assert info["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
-    assert info["input_size_hw"] == [64, 96]
+    assert info["input_size_hw"] == [64, 96] and info["input_pixels"] == 64 * 96
+    assert info["default_rig_input_size_wh"] == {name: [96, 64] for name in ("front", "left", "rear", "right")}
 
 
 def test_rigs_list_and_one_rig(server: LiveServer, default_rig: Rig) -> None:

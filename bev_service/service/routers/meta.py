@@ -18,4 +18,7 @@ async def classes() -> list[ClassInfo]:
 
 @router.get("/model", summary="The model being served")
 async def model(state: Ready) -> ModelInfo:
-    return ModelInfo(**state.model_info)
+    assert state.store is not None
+    entry = state.store.get(None)
+    sizes = {name: [w, h] for name, (h, w) in zip(entry.rig.camera_names, entry.input_sizes_hw, strict=True)}
+    return ModelInfo(**state.model_info, default_rig_input_size_wh=sizes)
