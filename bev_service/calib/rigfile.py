@@ -22,7 +22,7 @@ from bev_service.geometry import cameras as cm
 from bev_service.geometry.grid import BevGrid, EgoBox
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.geometry.transforms import check_rotation, rigid, rotation_from_quaternion
-from bev_service.imageio import decode_mask_png, encode_mask_png
+from bev_service.imageio import DEFAULT_MAX_PIXELS, decode_mask_png, encode_mask_png
 
 # Physical ranges: every number of a rig file is finite and within what a vehicle rig can mean, so a
 # typo (or a hostile 1e308) is a CalibrationError naming the field, never an overflow further on.
@@ -38,6 +38,10 @@ ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE_PX)]
 Range = tuple[Metres, Metres]
 Matrix3 = tuple[tuple[Entry, Entry, Entry], tuple[Entry, Entry, Entry], tuple[Entry, Entry, Entry]]
 Row4 = tuple[Coefficient, Coefficient, Coefficient, Coefficient]
+
+# A camera's mask: at most the pixels the service decodes of one image (a PNG mask beyond it could not
+# be read back), so a few bytes of polygons cannot ask for gigabytes.
+MAX_MASK_PIXELS = DEFAULT_MAX_PIXELS
 
 # A rig file's YAML: at most this deep and this many values (a 64-camera rig is ~3,000); beyond, it is refused
 # while it is read, before anything is built from it.
@@ -228,6 +232,8 @@ def _mask(spec: MaskSpec, camera: str, size_hw: tuple[int, int], base_dir: Path 
     """The (h, w) bool mask a ``MaskSpec`` describes; CalibrationError naming the camera for a missing or
     unreadable file, another size, or a mask that hides every pixel."""
     h, w = size_hw
+    if h * w > MAX_MASK_PIXELS:
+        raise CalibrationError(f"a mask of {w}x{h} pixels; at most {MAX_MASK_PIXELS} pixels", camera=camera, field="mask")
     if spec.masked_polygons is not None:
         hidden = np.zeros((h, w), np.uint8)
         cv2.fillPoly(hidden, [np.round(np.asarray(poly, np.float64)).astype(np.int32) for poly in spec.masked_polygons], 1)

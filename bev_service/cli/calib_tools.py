@@ -172,6 +172,10 @@ def run_mask(args: argparse.Namespace) -> int:
         raise FrameError(f"camera {args.camera!r}: {exc}") from exc
     h, w = camera.image_size_hw
     valid = cv2.resize(found.valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    if not valid.any():
+        raise CalibrationError(
+            "the frames leave no pixel that sees the world (all dark, or all unchanged)", camera=camera.name, field="mask"
+        )
     cameras = tuple(dataclasses.replace(c, mask=valid) if c.name == camera.name else c for c in rig.cameras)
     out = args.out or args.rig
     save_rig(dataclasses.replace(rig, cameras=cameras), out, description=f"{args.camera} masked by bev calib mask")

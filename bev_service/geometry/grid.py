@@ -83,8 +83,8 @@ class BevGrid:
         }
 
 
-# A camera within this distance of the body's surface (a bumper camera, a mirror camera over the sill)
-# sees past it: only a ray that runs inside the body further than this from its camera is hidden.
+# A camera inside the body box within this distance of a face (a bumper camera, a mirror camera over the
+# sill) looks out through that face: the box stands for the body's outline, the camera sits on it.
 BODY_CLEARANCE_M = 0.4
 
 
@@ -105,24 +105,31 @@ class EgoBox:
             raise ValueError(f"ego height_m must be positive, got {self.height_m}")
 
     def hides(self, origin_xyz: ArrayLike, ground_xy: ArrayLike, clearance_m: float = BODY_CLEARANCE_M) -> NDArray[np.bool_]:
-        """(...,) whether the body stands between a camera at ``origin_xyz`` and each ground point
-        (..., 2): the segment between them runs inside the body box further than ``clearance_m`` from
-        the camera (slab test, vectorised). All False without ``height_m``."""
+        """(...,) whether the body stands between a camera at ``origin_xyz`` and each ground point (..., 2):
+        the segment between them passes through the body box (slab test, vectorised). A camera inside the
+        box within ``clearance_m`` of a face (a bumper or mirror camera on the body's outline) looks out
+        through that face: it is taken to sit just outside it. All False without ``height_m``."""
         points = np.asarray(ground_xy, dtype=np.float64)
         if self.height_m is None:
             return np.zeros(points.shape[:-1], dtype=bool)
-        origin = np.asarray(origin_xyz, dtype=np.float64)
-        ray = np.concatenate([points, np.zeros_like(points[..., :1])], axis=-1) - origin
         lo = np.array([self.x_range_m[0], self.y_range_m[0], 0.0])
         hi = np.array([self.x_range_m[1], self.y_range_m[1], self.height_m])
+        origin = np.asarray(origin_xyz, dtype=np.float64).copy()
+        if ((lo <= origin) & (origin <= hi)).all():
+            gaps = np.concatenate([origin - lo, hi - origin])  # to the faces x0, y0, z0, x1, y1, z1
+            gaps[2] = np.inf  # not out through the ground
+            face = int(np.argmin(gaps))
+            if gaps[face] <= clearance_m:
+                axis, outward = face % 3, (-1.0 if face < 3 else 1.0)
+                origin[axis] = (lo if face < 3 else hi)[axis] + outward * 1e-6
+        ray = np.concatenate([points, np.zeros_like(points[..., :1])], axis=-1) - origin
         with np.errstate(divide="ignore", invalid="ignore"):
             t1, t2 = (lo - origin) / ray, (hi - origin) / ray
         parallel = ray == 0  # inside that slab for the whole ray, or never
         within = (lo <= origin) & (origin <= hi)
         t_low = np.where(parallel, np.where(within, -np.inf, np.inf), np.minimum(t1, t2))
         t_high = np.where(parallel, np.where(within, np.inf, -np.inf), np.maximum(t1, t2))
-        length = np.linalg.norm(ray, axis=-1)
-        enter = np.maximum(t_low.max(axis=-1), clearance_m / np.maximum(length, 1e-12))
+        enter = np.maximum(t_low.max(axis=-1), 0.0)
         leave = np.minimum(t_high.min(axis=-1), 1.0)
         return np.asarray(leave > enter)
 

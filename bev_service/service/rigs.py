@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from bev_service.calib.coverage import coverage_of, coverage_picture
-from bev_service.calib.rigfile import load_rig, read_rig_spec, rig_from_spec, save_rig
+from bev_service.calib.rigfile import load_rig, read_rig_spec, rig_from_spec, rig_to_yaml, save_rig
 from bev_service.errors import BevError, CalibrationError, ModelError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_png
@@ -56,10 +56,16 @@ class RigLimits:
     max_cameras: int = 16
     max_rig_cells: int = 4 * 1024 * 1024  # grid cells times cameras of one rig: its tables' size
     max_total_cells: int = 16 * 1024 * 1024  # the same, summed over the stored rigs
+    max_mask_pixels: int = 48 * 1024 * 1024  # pixels of the masked cameras of one rig (a byte each)
 
-    def check(self, cameras: int, grid_shape: tuple[int, int]) -> None:
-        """LimitError for a rig of ``cameras`` over a grid of ``grid_shape`` over the per-rig limits:
-        checked on the file's schema, before any table (or even the rig) is built."""
+    def check(self, cameras: int, grid_shape: tuple[int, int], mask_pixels: int = 0) -> None:
+        """LimitError for a rig of ``cameras`` over a grid of ``grid_shape`` (and masks of ``mask_pixels``)
+        over the per-rig limits: checked on the file's schema, before any table (or even the rig) is built."""
+        if mask_pixels > self.max_mask_pixels:
+            raise LimitError(
+                f"masks of {mask_pixels} pixels in all; this service takes at most {self.max_mask_pixels} per rig",
+                "max_mask_pixels",
+            )
         if cameras > self.max_cameras:
             raise LimitError(f"{cameras} cameras; this service takes at most {self.max_cameras} per rig", "max_cameras")
         rows, cols = grid_shape
@@ -69,6 +75,10 @@ class RigLimits:
                 f"{self.max_rig_cells} per rig (use larger cells or a smaller grid)",
                 "max_rig_cells",
             )
+
+
+def mask_pixels(rig: Rig) -> int:
+    return sum(c.mask.size for c in rig.cameras if c.mask is not None)
 
 
 def cell_cameras(rig: Rig) -> int:
@@ -113,6 +123,12 @@ class RigEntry:
         return self._pipeline
 
     @cached_property
+    def yaml_text(self) -> str:
+        """The rig file's text (masks inline as PNG: tens of milliseconds per camera; call it off the event
+        loop). Kept on the entry, like the coverage picture."""
+        return rig_to_yaml(self.rig)
+
+    @cached_property
     def coverage_png(self) -> bytes:
         """Which camera owns each grid cell, as a PNG with a legend. Kept on the entry: a PUT makes a
         new entry, so the picture can never outlive its calibration. Slow: call it off the event loop."""
@@ -148,6 +164,10 @@ class RigStore:
         self._write_lock = threading.Lock()
         served = load_rig(rig_file)
         check_rig_id(served.rig_id)
+        try:
+            self.limits.check(len(served.cameras), served.grid.shape, mask_pixels(served))
+        except LimitError as exc:  # a served rig no request could use (e.g. more cameras than a form takes)
+            raise CalibrationError(f"the served rig file {rig_file}: {exc}", field="cameras") from exc
         self.read_only_id = served.rig_id
         self._entries[served.rig_id] = self._entry(served, rig_file)
         self._load_dir()
@@ -187,7 +207,8 @@ class RigStore:
         return sorted(self._entries)
 
     def entries(self) -> list[RigEntry]:
-        return [self._entries[k] for k in self.ids()]
+        snapshot = dict(self._entries)  # a DELETE in another thread must not pull a key from under us
+        return [snapshot[k] for k in sorted(snapshot)]
 
     def get(self, rig_id: str | None) -> RigEntry:
         key = self.default_id if rig_id in (None, "") else str(rig_id)
@@ -221,7 +242,7 @@ class RigStore:
 
     def _check_room(self, rig: Rig) -> None:
         """LimitError unless ``rig`` fits the limits beside the stored rigs (other than one of its own id)."""
-        self.limits.check(len(rig.cameras), rig.grid.shape)
+        self.limits.check(len(rig.cameras), rig.grid.shape, mask_pixels(rig))
         others = self.stored(except_id=rig.rig_id)
         if len(others) >= self.limits.max_rigs:
             raise LimitError(
@@ -246,9 +267,10 @@ class RigStore:
         spec = read_rig_spec(text)
         if spec.rig_id != rig_id:
             raise CalibrationError(f"the file's rig_id {spec.rig_id!r} differs from the path's {rig_id!r}", field="rig_id")
-        self.limits.check(len(spec.cameras), spec.grid.shape)
-        rig = rig_from_spec(spec, text)
-        with self._write_lock:
+        masked = sum(c.image_size_hw[0] * c.image_size_hw[1] for c in spec.cameras if c.mask is not None)
+        self.limits.check(len(spec.cameras), spec.grid.shape, masked)
+        with self._write_lock:  # one rig built at a time: concurrent PUTs cannot add up their memory
+            rig = rig_from_spec(spec, text)
             self._check_room(rig)
             entry = self._entry(rig, self.rigs_dir / f"{rig_id}.yaml")
             entry.pipeline  # noqa: B018 (the slow part, before anything changes; CalibrationError if the model cannot run on it)

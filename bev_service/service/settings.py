@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     # -- the rig store (README, "Limits") --
     max_rigs: Annotated[int, Field(ge=0)] = 16  # rigs stored by PUT, besides the served rig file
     max_cameras: Annotated[int, Field(ge=1, le=MAX_RIG_CAMERAS)] = 16  # per rig; REST and the stream take as many
-    max_rig_cells: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024  # grid cells times cameras of one rig (~35 bytes each)
+    max_rig_cells: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024  # grid cells times cameras of one rig (40-60 bytes each)
     max_total_cells: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024  # the same summed over the stored rigs
     max_rig_bytes: Annotated[int, Field(gt=0)] = MIB  # a rig file (YAML or JSON)
+    max_mask_pixels: Annotated[int, Field(gt=0)] = 48 * MIB  # pixels of a rig's masked cameras (a byte each)
     # -- connections --
     max_connections: Annotated[int, Field(ge=1)] = 256  # open HTTP connections; beyond it 503, far beyond it closed at once
     max_streams: Annotated[int, Field(ge=1)] = 32  # WebSocket sessions; beyond it closed with 1013

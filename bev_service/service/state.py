@@ -131,7 +131,13 @@ class ServiceState:
                 "config": self.segmenter.config.to_dict(),
             }
             settings = self.settings
-            limits = RigLimits(settings.max_rigs, settings.max_cameras, settings.max_rig_cells, settings.max_total_cells)
+            limits = RigLimits(
+                settings.max_rigs,
+                settings.max_cameras,
+                settings.max_rig_cells,
+                settings.max_total_cells,
+                settings.max_mask_pixels,
+            )
             self.store = RigStore(
                 self.make_pipeline,
                 Path(settings.rigs_dir),

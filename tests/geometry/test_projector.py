@@ -115,11 +115,7 @@ class TestPaintedGround:
         expected = painted_label(centres[..., 0], centres[..., 1])
         assert (grid[tables.ego] == EGO).all()
         owned = tables.owner >= 0
-        # Every cell is seen but a ring hugging the body, which the body hides from every camera.
-        gap = np.hypot(*np.moveaxis(np.maximum(np.abs(centres) - [2.35, 1.0], 0), -1, 0))
-        blind = ~owned & ~tables.ego
-        assert blind.any() and (gap[blind] < 0.2).all(), gap[blind].max()
-        assert (grid[blind] == UNKNOWN).all()
+        assert (owned | tables.ego).all()  # with the body too: its cameras sit on its outline
 
         lo, hi, inside = _owner_footprints(rig, projector)
         assert inside[owned].all(), "every cell centre lies in the ground footprint of the pixel it reads"

@@ -109,12 +109,9 @@ class TestGroundTables:
         ego = rig.ego.contains(rig.grid.cell_centres())
         np.testing.assert_array_equal(tables.ego, ego)
         assert (fill[ego] == EGO).all() and (tables.owner[ego] == NO_CAMERA).all()
-        # The default rig sees every cell around the car but a ring hugging the body, which hides it.
-        blind = (tables.owner == NO_CAMERA) & ~ego
-        gap = np.hypot(*np.moveaxis(np.maximum(np.abs(rig.grid.cell_centres()) - [2.35, 1.0], 0), -1, 0))
-        assert (gap[blind] < 0.2).all() and blind.mean() < 0.005
-        assert (fill[blind] == UNKNOWN).all()
-        assert sum(tables.owner_share().values()) == pytest.approx(1 - ego.mean() - blind.mean())
+        # The default rig sees every cell around the car (its body too: the cameras sit on its outline).
+        assert (tables.owner[~ego] != NO_CAMERA).all()
+        assert sum(tables.owner_share().values()) == pytest.approx(1 - ego.mean())
 
     def test_cells_no_camera_sees_are_unknown(self, rig: Rig) -> None:
         front_and_rear = dataclasses.replace(rig, cameras=(rig.camera("front"), rig.camera("rear")))

@@ -23,6 +23,7 @@ from bev_service.runtime.pipeline import BevPipeline, input_sizes
 from bev_service.runtime.segmenter import load_segmenter
 from bev_service.service.rigs import RigLimits, RigStore
 from tests.conftest import DEFAULT_RIG
+from tests.live_server import running_server
 from tests.service.conftest import Files, LiveServer
 
 YAML = {"content-type": "application/yaml"}
@@ -257,3 +258,30 @@ def test_stored_rigs_are_not_built_at_start_up(tmp_path: Path, tiny_weights: Pat
     store.build_all()
     assert sorted(built) == ["default", "s0", "s1", "s2"]
     store.close()
+
+
+def test_masks_are_bounded_before_they_are_drawn(store_server: LiveServer) -> None:
+    """A triangle of polygon on a 16384 x 16384 camera asks for 268 MB of mask: refused from the file's
+    schema, fast, naming the limit; so is one camera's mask over the pixels an image may have, which a
+    stored rig could not read back."""
+    data = rig_data("masked", 2.0)
+    data["cameras"][0]["image_size_hw"] = [16384, 16384]
+    data["cameras"][0]["mask"] = {"masked_polygons": [[[0, 0], [10, 0], [0, 10]]]}
+    began = time.perf_counter()
+    check_error(put(store_server, "masked", yaml.safe_dump(data)), 422, "limit", "BEV_MAX_MASK_PIXELS")
+    assert time.perf_counter() - began < 1.0
+    data["cameras"][0]["image_size_hw"] = [4000, 5000]  # 20 M pixels: within the rig's total, over one image's
+    check_error(put(store_server, "masked", yaml.safe_dump(data)), 422, "bad_rig", "mask", "16777216")
+    assert not (Path(store_server.settings.rigs_dir) / "masked.yaml").exists()
+
+
+def test_a_served_rig_over_the_camera_limit_says_so_at_start(settings_for: Callable[..., Any], tmp_path: Path) -> None:
+    """A served rig file with more cameras than a request may carry could never be used: not ready, saying why."""
+    rig_file = tmp_path / "wide.yaml"
+    rig_file.write_text(yaml.safe_dump(rig_data("wide", 2.0, cameras=6)))
+    with running_server(settings_for(rig=rig_file, max_cameras=4), ready=False) as live:
+        deadline = time.monotonic() + 60
+        while (reply := httpx.get(live.url("/readyz"))).json().get("detail") == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert reply.status_code == 503 and "BEV_MAX_CAMERAS" in reply.json()["detail"], reply.text

@@ -7,7 +7,6 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bev_service.calib.rigfile import rig_to_yaml
 from bev_service.errors import CalibrationError
 from bev_service.service.deps import State, Store, Token
 from bev_service.service.errors import ApiError
@@ -38,9 +37,12 @@ async def list_rigs(store: Store) -> RigList:
 )
 async def get_rig(rig_id: str, request: Request, store: Store) -> RigPublic | Response:
     entry = store.get(check_rig_id(rig_id))
-    text = rig_to_yaml(entry.rig)
-    kind = best_match(request.headers.get("accept", ""), ("application/json", "application/yaml"))
-    if kind == "application/yaml":
+    text = await asyncio.to_thread(lambda: entry.yaml_text)
+    accept = request.headers.get("accept", "")
+    kind = best_match(accept, ("application/json", *YAML_TYPES[:4]))
+    if kind is None:
+        raise ApiError(406, "not_acceptable", f"Accept {accept[:200]!r} allows neither application/json nor application/yaml")
+    if kind != "application/json":
         return Response(text, media_type="application/yaml")
     return RigPublic(**RigSummary.of(entry, store.default_id).model_dump(), yaml=text)
 
