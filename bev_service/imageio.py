@@ -15,6 +15,7 @@ import struct
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -159,6 +160,14 @@ def decode_labels(
     (h, w) uint8 array. Read with Pillow, not OpenCV: OpenCV expands a palette PNG to colours and so
     loses the ids. ``header`` is ``probe_labels``'s for these bytes, when the caller has read it."""
     header = header if header is not None else probe_labels(data, name=name, max_pixels=max_pixels)
+    labels = _png_pixels(data, header, name=name, what="label map")
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise FrameError(f"{name}: a label map must be single-channel 8-bit (grey or palette), got {labels.dtype} {labels.shape}")
+    return np.ascontiguousarray(labels)
+
+
+def _png_pixels(data: bytes, header: ImageHeader, *, name: str, what: str) -> NDArray[Any]:
+    """A PNG's pixels as Pillow reads them (palette indices, not colours), checked whole and of the header's size."""
     try:
         # verify() checks every chunk's checksum and that the file is whole; it uses up the
         # file object, so the pixels come from a second reading.
@@ -166,15 +175,13 @@ def decode_labels(
             probe.verify()
         with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
             image.load()
-            labels = np.asarray(image)
+            pixels = np.asarray(image)
     except MemoryError:
         raise
     except Exception as exc:  # as in _probe: any codec error means a broken file
-        raise FrameError(f"{name}: cannot decode label map ({len(data)} bytes of PNG): {_reason(exc)}") from exc
-    if labels.dtype != np.uint8 or labels.ndim != 2:
-        raise FrameError(f"{name}: a label map must be single-channel 8-bit (grey or palette), got {labels.dtype} {labels.shape}")
-    _check_decoded_size(labels.shape[:2], header, name=name, what="label map")
-    return np.ascontiguousarray(labels)
+        raise FrameError(f"{name}: cannot decode {what} ({len(data)} bytes of PNG): {_reason(exc)}") from exc
+    _check_decoded_size(pixels.shape[:2], header, name=name, what=what)
+    return pixels
 
 
 def check_camera_set(given: Collection[str], camera_names: Sequence[str]) -> None:
@@ -247,16 +254,7 @@ def decode_mask_png(data: bytes, *, name: str = "mask") -> NDArray[np.bool_]:
     header = _probe(data, name=name, what="mask", formats=LABEL_FORMATS, max_pixels=DEFAULT_MAX_PIXELS)
     if header.mode not in ("1", "L", "P"):
         raise FrameError(f"{name}: a mask must be a single-channel PNG (1-bit, grey or palette), got mode {header.mode!r}")
-    try:
-        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
-            image.load()
-            mask = np.asarray(image) > 0
-    except MemoryError:
-        raise
-    except Exception as exc:  # as in _probe: any codec error means a broken file
-        raise FrameError(f"{name}: cannot decode mask ({len(data)} bytes of PNG): {_reason(exc)}") from exc
-    _check_decoded_size(mask.shape[:2], header, name=name, what="mask")
-    return mask
+    return np.asarray(_png_pixels(data, header, name=name, what="mask") > 0)
 
 
 def encode_mask_png(mask: NDArray[np.bool_]) -> bytes:

@@ -134,10 +134,6 @@ class LabelGatherTable:
     per_camera_index: NDArray[np.int64]
     per_camera_seen: NDArray[np.bool_]
 
-    @property
-    def total_pixels(self) -> int:
-        return sum(h * w for h, w in self.input_sizes_hw)
-
 
 def per_camera_sizes(tables: GroundTables, input_size_hw: SizeHW | Sequence[SizeHW]) -> tuple[SizeHW, ...]:
     """One (h, w) per camera, in rig order: ``input_size_hw`` is one size for every camera or a size per camera."""

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -97,6 +98,12 @@ def server(settings_for: Callable[..., Settings]) -> Iterator[LiveServer]:
     """The session's plain server: tiny network, default rig, default limits, no token."""
     with running_server(settings_for()) as live:
         yield live
+
+
+def overload_rejections(live: LiveServer) -> float:
+    """The service's count of requests refused as overloaded (``bev_overload_rejections_total``)."""
+    text = httpx.get(live.url("/metrics")).text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bev_overload_rejections_total "))
 
 
 # -- frame sets -----------------------------------------------------------------------------------

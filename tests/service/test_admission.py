@@ -15,7 +15,7 @@ import yaml
 
 from bev_service.service.negotiate import best_match
 from tests.conftest import DEFAULT_RIG
-from tests.service.conftest import Files, LiveServer
+from tests.service.conftest import Files, LiveServer, overload_rejections
 
 TOKEN = "admission-test-token"
 
@@ -90,8 +90,7 @@ def test_a_fusion_only_flood_is_refused_with_503(make_server: Callable[..., Live
     for reply in replies:
         if reply.status_code == 503:
             assert reply.json()["error"] == "overloaded" and int(reply.headers["retry-after"]) >= 1, reply.text
-    metrics = httpx.get(live.url("/metrics")).text
-    rejected = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("bev_overload_rejections_total "))
+    rejected = overload_rejections(live)
     assert rejected == sum(r.status_code == 503 for r in replies)
     assert httpx.post(live.url("/v1/bev"), files=label_files, data={"labels": "true"}, timeout=60).status_code == 200
 

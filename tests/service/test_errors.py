@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from bev_service.synth import RenderedFrameSet
-from tests.service.conftest import Files, LiveServer, as_files
+from tests.service.conftest import Files, LiveServer, as_files, overload_rejections
 
 MIB = 1 << 20
 BODY_LIMIT = MIB  # the frame sets here are ~190 KB
@@ -453,6 +453,5 @@ def test_overload_gives_503_with_retry_after(
     assert httpx.get(busy.url("/healthz")).status_code == 200
     after = httpx.post(busy.url("/v1/bev"), files=image_files, timeout=120)
     assert after.status_code == 200, "the service recovers once the burst is over"
-    metrics = httpx.get(busy.url("/metrics")).text
-    rejected = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("bev_overload_rejections_total "))
+    rejected = overload_rejections(busy)
     assert rejected == sum(r.status_code == 503 for r in replies)
