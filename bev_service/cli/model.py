@@ -33,7 +33,9 @@ TRAIN_DOC = (
 )
 EVAL_DOC = (
     "Per-class IoU and mIoU of a model in image space and in BEV space (against the true BEV on cells a camera "
-    "sees), beside the oracle (the warp of the true labels), on held-out synthetic frame sets; a table, and JSON."
+    "sees), beside the oracle (the warp of the true labels), on held-out synthetic frame sets; a table, and JSON. "
+    "With --real, on real recordings annotated by hand (evaluation/real/*.json): image, body and BEV scores per "
+    "recording and pooled."
 )
 PRUNE_DOC = (
     "Structured L1-norm channel pruning (Torch-Pruning, channel counts multiples of 8, class head kept) in "
@@ -99,7 +101,23 @@ def _register_eval(commands: Any) -> None:
     p = commands.add_parser("eval", help="per-class IoU / mIoU in image and BEV space", description=EVAL_DOC)
     p.add_argument("--model", required=True, help="model file (.pt weights or .onnx)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
-    p.add_argument("--data", default="synth", help="'synth' (render held-out worlds) or a directory from bev synth")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data", default=None, help="'synth' (render held-out worlds, the default) or a directory from bev synth"
+    )
+    source.add_argument(
+        "--real",
+        nargs="+",
+        type=Path,
+        metavar="ANNOTATIONS",
+        help="annotation files of real recordings (evaluation/real/*.json): score on those instead of synthetic data",
+    )
+    p.add_argument(
+        "--real-data",
+        type=Path,
+        metavar="DIR",
+        help="folder of the real recordings that --real reads (default: $BEV_REAL_DATA, else ../shared/data/real)",
+    )
     p.add_argument("--rig", default=str(DEFAULT_RIG), help="rig file (default: the shipped default rig)")
     p.add_argument("--val-seed", type=int, default=100_000, help="data set seed of the held-out frame sets when rendering")
     p.add_argument("--frame-sets", type=int, default=16, help="frame sets to render (with --data synth)")
@@ -172,12 +190,14 @@ def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
     """Training and validation frame sources of a TrainConfig or PruneConfig."""
     from bev_service.training.synthdata import open_source
 
-    def source(data: str, count: int, seed: int) -> Any:
+    def source(data: str, count: int, seed: int, rigs: str = "default") -> Any:
         cache = config.render_cache or None
-        return open_source(data, config.rig, input_size_hw, count=count, seed=seed, progress=config.progress, cache_dir=cache)
+        return open_source(
+            data, config.rig, input_size_hw, count=count, seed=seed, progress=config.progress, cache_dir=cache, rigs=rigs
+        )
 
-    train_source = source(config.data, config.train_frame_sets, config.data_seed)
-    return train_source, source(config.val_data, config.val_frame_sets, config.val_seed)
+    train_source = source(config.data, config.train_frame_sets, config.data_seed, config.rigs)
+    return train_source, source(config.val_data, config.val_frame_sets, config.val_seed)  # the rig the model is for
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -191,21 +211,51 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from bev_service.geometry.projector import BevProjector
     from bev_service.runtime.segmenter import load_segmenter
-    from bev_service.training.evaluate import evaluate, format_table, to_json
+    from bev_service.training.evaluate import evaluate, format_table
     from bev_service.training.synthdata import open_source
 
+    if args.real:
+        return _run_real_eval(args)
+    data = args.data or "synth"
     segmenter = load_segmenter(args.model, backend=args.backend)
     rig = load_rig(args.rig)
     size = segmenter.input_size_hw
     native = args.labels_at == "frame"
-    source = open_source(args.data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True, native_size=native)
+    source = open_source(data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True, native_size=native)
     report = evaluate(segmenter, source, projector=BevProjector(rig), progress=True).report()
-    report = {"model": str(args.model), "backend": segmenter.backend, "data": args.data, "labels_at": args.labels_at, **report}
+    report = {"model": str(args.model), "backend": segmenter.backend, "data": data, "labels_at": args.labels_at, **report}
     print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(to_json(report), encoding="utf-8")
+    _write_report(args.json, report)
     return 0
+
+
+def _run_real_eval(args: argparse.Namespace) -> int:
+    from bev_service.runtime.segmenter import load_segmenter
+    from bev_service.training.real_eval import (
+        default_real_data,
+        evaluate_real,
+        format_real_table,
+        read_annotation,
+        recording_folder,
+    )
+
+    root = args.real_data if args.real_data is not None else default_real_data()
+    for path in args.real:  # a bad file or absent footage fails before the model loads
+        recording_folder(read_annotation(path), root)
+    segmenter = load_segmenter(args.model, backend=args.backend)
+    report = evaluate_real(segmenter, args.real, root, progress=True).report()
+    report = {"model": str(args.model), "backend": segmenter.backend, "data": "real", "real_data": str(root), **report}
+    print(format_real_table(report), end="")
+    _write_report(args.json, report)
+    return 0
+
+
+def _write_report(path: Path | None, report: dict[str, Any]) -> None:
+    from bev_service.training.evaluate import to_json
+
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_json(report), encoding="utf-8")
 
 
 def run_prune(args: argparse.Namespace) -> int:

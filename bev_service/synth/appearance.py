@@ -33,6 +33,7 @@ class Appearance:
     blur_sigma_px: float  # at the rig's calibrated resolution
     noise_sigma: float  # grey levels, at mid grey
     jpeg_quality: int
+    body_gloss: float = 0.0  # share of the car's own paint that mirrors the sky and the ground (clear coat)
 
     def as_dict(self) -> dict[str, object]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -68,6 +69,7 @@ def sample_appearance(rng: np.random.Generator, n_cameras: int) -> Appearance:
         blur_sigma_px=float(rng.choice([0.0, rng.uniform(0.3, 1.3)], p=[0.3, 0.7])),
         noise_sigma=float(rng.uniform(0.5, 5.0)),
         jpeg_quality=int(rng.integers(55, 96)),
+        body_gloss=float(rng.uniform(0.05, 0.6)),
     )
 
 

@@ -58,16 +58,17 @@ def iter_frame_sets(
     scale: float = 1.0,
     per_world: int = FRAME_SETS_PER_WORLD,
     config: WorldConfig | None = None,
+    start: int = 0,
 ) -> Iterator[tuple[int, int, RenderedFrameSet]]:
-    """(index, world seed, frame set) for ``count`` frame sets: a new world every ``per_world``
-    frame sets, each frame set at a random pose, moment and appearance in it."""
+    """(index, world seed, frame set) for frame sets ``start`` to ``count - 1``: a new world every
+    ``per_world`` frame sets, each frame set at a random pose, moment and appearance in it."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if per_world < 1:
         raise ValueError(f"per_world must be at least 1, got {per_world}")
     renderer = renderer_for(rig, scale)
     world: SyntheticWorld | None = None
-    for index in range(count):
+    for index in range(start, count):
         w_seed = world_seed(seed, index // per_world)
         if world is None or world.seed != w_seed:
             world = SyntheticWorld(w_seed, config)

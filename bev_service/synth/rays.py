@@ -103,10 +103,12 @@ def ego_parts(rig: Rig, colour: obj.Colour = (128.0, 128.0, 128.0)) -> tuple[obj
     """The rig's car body, its footprint shrunk where needed so that every camera sits outside it;
     no body when a camera would still be inside (a roof camera, say)."""
     (x0, x1), (y0, y1) = rig.ego.x_range_m, rig.ego.y_range_m
+    full = obj.ego_body((x0, x1), (y0, y1), colour)
     for cam in rig.cameras:
         assert cam.vehicle_from_camera is not None
         x, y = cam.vehicle_from_camera[:2, 3]
-        if x0 < x < x1 and y0 < y < y1:
+        # a camera over the footprint but above the body's boxes (behind the windscreen, over the bonnet) keeps the whole car
+        if x0 < x < x1 and y0 < y < y1 and _inside_any(full, cam.vehicle_from_camera[:3, 3]):
             gaps = {"x1": x1 - x, "x0": x - x0, "y1": y1 - y, "y0": y - y0}
             face = min(gaps, key=lambda k: gaps[k])
             x1 = x - BODY_SETBACK_M if face == "x1" else x1
@@ -116,12 +118,14 @@ def ego_parts(rig: Rig, colour: obj.Colour = (128.0, 128.0, 128.0)) -> tuple[obj
     parts = obj.ego_body((x0, x1), (y0, y1), colour)
     for cam in rig.cameras:
         assert cam.vehicle_from_camera is not None
-        origin = cam.vehicle_from_camera[:3, 3]
-        for part in parts:
-            if (np.abs(primitive_from_parent(part, origin)) < np.asarray(part.size)).all():
-                log.warning("camera %r sits inside the vehicle body model: rendering without the body", cam.name)
-                return ()
+        if _inside_any(parts, cam.vehicle_from_camera[:3, 3]):
+            log.warning("camera %r sits inside the vehicle body model: rendering without the body", cam.name)
+            return ()
     return parts
+
+
+def _inside_any(parts: tuple[obj.Primitive, ...], point: FloatArray) -> bool:
+    return any((np.abs(primitive_from_parent(part, point)) < np.asarray(part.size)).all() for part in parts)
 
 
 def build_camera_rays(camera: Camera, size_hw: tuple[int, int], body: tuple[obj.Primitive, ...], cell_m: float) -> CameraRays:

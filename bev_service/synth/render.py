@@ -195,6 +195,7 @@ class Renderer:
         self._shade_ground(cam, world, pose, app, sun, shadows, radiance, labels)
         clock.lap("ground")
         self._shade_primitives(cam, scene, app, sun, t, hit, radiance, labels)
+        self._reflect_body(cam, world, pose, app, scene, t, hit, radiance)
         self._shade_far(cam, world, pose, app, t, hit, radiance)
         ap.add_haze(app, radiance, t)
         sky = np.flatnonzero((hit == SKY) & cam.valid)
@@ -279,6 +280,48 @@ class Renderer:
             light = app.ambient * (0.75 + 0.25 * normal[:, 2]) + app.sun_strength * np.maximum(normal @ sun, 0.0)
             radiance[index] = albedo * light[:, None].astype(np.float32)
             labels[index] = prim.class_id
+
+    def _reflect_body(
+        self,
+        cam: CameraRays,
+        world: SyntheticWorld,
+        pose: VehiclePose,
+        app: ap.Appearance,
+        scene: tuple[Primitive, ...],
+        t: F32,
+        hit: NDArray[np.int16],
+        radiance: F32,
+    ) -> None:
+        """Mirror the sky and the ground in the car's own paint and glass (Schlick's Fresnel): what a real
+        camera sees of its car is mostly reflections of the road, which a network must not take for road."""
+        shiny = [k for k in range(len(self.body)) if scene[k].style in ("car_body", "car_cabin")]
+        index = np.flatnonzero(np.isin(hit, shiny))
+        if index.size == 0 or app.body_gloss <= 0.0:
+            return
+        d = cam.dirs.reshape(-1, 3)[index].astype(np.float64)
+        points = cam.origin + t[index].astype(np.float64)[:, None] * d
+        normal = np.empty_like(points)
+        for k in shiny:
+            mine = hit[index] == k
+            prim = scene[k]
+            local = primitive_from_parent(prim, points[mine])
+            normal[mine] = parent_from_primitive_dirs(prim, surface_normal(prim, local))
+        cos = np.abs(np.einsum("ij,ij->i", d, normal))
+        r = d - 2.0 * np.einsum("ij,ij->i", d, normal)[:, None] * normal  # the mirrored ray
+        fresnel = app.body_gloss * (0.25 + 0.75 * (1.0 - cos) ** 5)
+        mirrored = np.empty((index.size, 3), dtype=np.float32)
+        up = r[:, 2] > 0.0
+        if up.any():
+            mirrored[up] = ap.sky_colour(app, r[up, 2].astype(np.float32), np.full(int(up.sum()), 0.3, dtype=np.float32))
+        down = ~up
+        if down.any():
+            with np.errstate(divide="ignore"):
+                reach = np.minimum(-points[down, 2] / np.minimum(r[down, 2], -1e-6), 60.0)
+            ground_xy = points[down, :2] + reach[:, None] * r[down, :2]
+            albedo = world.ground.colour_sampled(pose.world_from_vehicle_xy(ground_xy), 2).astype(np.float32)
+            mirrored[down] = albedo * np.float32(app.ambient + app.sun_strength * 0.5)
+        f = fresnel[:, None].astype(np.float32)
+        radiance[index] = radiance[index] * (1.0 - f) + mirrored * f
 
     def _skyline(self, cam: CameraRays, world: SyntheticWorld, pose: VehiclePose, t: F32, hit: NDArray[np.int16]) -> None:
         """Mark far rays that meet the skyline's buildings or trees before anything else (hit SKYLINE)."""

@@ -39,7 +39,32 @@ def surface_albedo(prim: Primitive, local: FloatArray, normal: FloatArray) -> F3
     elif prim.style == "striped":
         band = np.floor((local[:, 0] + local[:, 2]) / 0.35).astype(np.int64) % 2 == 0
         colour[band] = second
+    elif prim.style in ("facade", "shopfront"):
+        _facade(colour, prim, local, normal)
+    elif prim.style == "foliage":
+        leafy = (np.floor(local[:, 0] * 5.3) * 7 + np.floor(local[:, 1] * 4.1) * 3 + np.floor(local[:, 2] * 4.7) * 13) % 7
+        colour *= (0.6 + 0.1 * leafy)[:, None].astype(np.float32)
+    elif prim.style == "fence":
+        along = local[:, 0] if np.abs(normal[:, 0]).mean() < 0.5 else local[:, 1]
+        slat = (along % 0.14) < 0.05
+        colour[~slat] *= 0.45  # the gaps between the slats: what is behind, in shade
     return colour
+
+
+def _facade(colour: F32, prim: Primitive, local: FloatArray, normal: FloatArray) -> None:
+    """Floors of windows (3.2 m a floor, a window every 2.6 m); a shop front of wide glass at street level."""
+    z = local[:, 2] + prim.size[2]  # height above the box's base
+    along = np.where(np.abs(normal[:, 0]) > 0.5, local[:, 1], local[:, 0])
+    wall = np.abs(normal[:, 2]) < 0.5
+    window = wall & ((z % 3.2) > 1.0) & ((z % 3.2) < 2.3) & ((along % 2.6) > 0.7) & ((along % 2.6) < 1.9) & (z > 3.2)
+    if prim.style == "shopfront":
+        window |= wall & (z > 0.4) & (z < 2.8) & ((along % 4.0) > 0.3)
+    else:
+        window |= wall & ((z % 3.2) > 1.0) & ((z % 3.2) < 2.3) & ((along % 2.6) > 0.7) & ((along % 2.6) < 1.9)
+    glass = np.asarray(prim.colour2, dtype=np.float32)
+    shine = 1.0 + 0.35 * np.sin(along[window] * 0.9 + z[window] * 0.4)  # skies and streets reflected in the panes
+    colour[window] = glass * shine[:, None].astype(np.float32)
+    colour[~wall] *= 0.7  # flat roofs
 
 
 def _car_lights(colour: F32, prim: Primitive, local: FloatArray, normal: FloatArray) -> None:

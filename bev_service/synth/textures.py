@@ -41,26 +41,32 @@ def value_noise(rng: np.random.Generator, shape: tuple[int, int], cell_px: float
 
 
 def material_colours(rng: np.random.Generator) -> NDArray[np.float32]:
-    """(N_MATERIALS, 3) base RGB of one world."""
-    grey = float(rng.uniform(58.0, 100.0))
-    tint = rng.uniform(-4.0, 4.0, size=3)
-    asphalt = np.array([grey, grey, grey + 2.0]) + tint
-    pavers = [(150.0, 96.0, 84.0), (136.0, 134.0, 136.0), (172.0, 150.0, 118.0), (110.0, 112.0, 118.0)]
+    """(N_MATERIALS, 3) base RGB of one world: asphalt from fresh black to sun-bleached pale (and darker
+    when wet), grass from lush green through olive to dry yellow, soil from grey to red-brown, pavers
+    of brick, grey or sand stone."""
+    grey = float(rng.choice([rng.uniform(38.0, 70.0), rng.uniform(70.0, 110.0), rng.uniform(110.0, 150.0)], p=[0.3, 0.45, 0.25]))
+    tint = rng.uniform(-5.0, 5.0, size=3) + rng.uniform(0.0, 6.0) * np.array([1.0, 0.6, -0.4])  # brownish aggregate
+    wet = rng.uniform(0.55, 0.8) if rng.random() < 0.2 else 1.0
+    asphalt = (np.array([grey, grey, grey + 2.0]) + tint) * wet
+    pavers = [(150.0, 96.0, 84.0), (136.0, 134.0, 136.0), (172.0, 150.0, 118.0), (110.0, 112.0, 118.0), (96.0, 90.0, 86.0)]
+    grasses = [(70.0, 104.0, 46.0), (52.0, 86.0, 38.0), (96.0, 110.0, 52.0), (128.0, 124.0, 66.0), (150.0, 136.0, 80.0)]
+    dry = [(130.0, 122.0, 74.0), (160.0, 146.0, 92.0), (112.0, 104.0, 66.0)]
+    soils = [(112.0, 88.0, 62.0), (96.0, 84.0, 74.0), (140.0, 96.0, 64.0)]
     colours = np.array(
         [
-            np.array([70.0, 104.0, 46.0]) * rng.uniform(0.8, 1.15),
-            np.array([130.0, 122.0, 74.0]) * rng.uniform(0.85, 1.1),
-            np.array([112.0, 88.0, 62.0]) * rng.uniform(0.8, 1.15),
-            np.array([140.0, 132.0, 120.0]) * rng.uniform(0.85, 1.1),
+            np.array(grasses[int(rng.integers(len(grasses)))]) * rng.uniform(0.75, 1.2),
+            np.array(dry[int(rng.integers(len(dry)))]) * rng.uniform(0.85, 1.1),
+            np.array(soils[int(rng.integers(len(soils)))]) * rng.uniform(0.8, 1.15),
+            np.array([140.0, 132.0, 120.0]) * rng.uniform(0.75, 1.1),
             np.array([84.0, 60.0, 44.0]) * rng.uniform(0.8, 1.2),
             asphalt,
             asphalt * rng.choice([rng.uniform(0.7, 0.85), rng.uniform(1.15, 1.35)]),
             asphalt * rng.uniform(0.92, 1.15),
-            np.array([170.0, 167.0, 160.0]) * rng.uniform(0.85, 1.1),
-            np.array(pavers[int(rng.integers(len(pavers)))]) * rng.uniform(0.9, 1.1),
-            np.array([192.0, 190.0, 184.0]) * rng.uniform(0.85, 1.05),
-            np.array([230.0, 230.0, 224.0]) * rng.uniform(0.9, 1.0),
-            np.array([232.0, 182.0, 46.0]) * rng.uniform(0.9, 1.0),
+            np.array([170.0, 167.0, 160.0]) * rng.uniform(0.75, 1.1) * (0.5 + 0.5 * wet),
+            np.array(pavers[int(rng.integers(len(pavers)))]) * rng.uniform(0.85, 1.1),
+            np.array([192.0, 190.0, 184.0]) * rng.uniform(0.75, 1.05),
+            np.array([230.0, 230.0, 224.0]) * rng.uniform(0.8, 1.0),
+            np.array([232.0, 182.0, 46.0]) * rng.uniform(0.85, 1.0),
         ],
         dtype=np.float32,
     )
@@ -82,7 +88,7 @@ def albedo_raster(materials: NDArray[np.uint8], rng: np.random.Generator, cell_m
     shade = 1.0 + _lut(_AMPLITUDE[:, 0], materials) * value_noise(rng, shape, 5.0 / cell_m)
     shade += _lut(_AMPLITUDE[:, 1], materials) * value_noise(rng, shape, 0.5 / cell_m)
     shade += _lut(_AMPLITUDE[:, 2], materials) * rng.standard_normal(shape, dtype=np.float32)
-    _joints(shade, materials, cell_m, origin)
+    _joints(shade, materials, cell_m, origin, _PAVER_SIZES[int(rng.integers(len(_PAVER_SIZES)))])
     hue = value_noise(rng, shape, 1.5 / cell_m)
     hue *= materials <= DRY_GRASS
     channels = []
@@ -97,16 +103,22 @@ def albedo_raster(materials: NDArray[np.uint8], rng: np.random.Generator, cell_m
     return np.asarray(cv2.convertScaleAbs(rgb), dtype=np.uint8)  # rounds and saturates (all values are >= 0)
 
 
-def _joints(shade: NDArray[np.float32], materials: NDArray[np.uint8], cell_m: float, origin: FloatArray) -> None:
-    """Darken the joints between paving stones (30 x 15 cm, staggered) and concrete slabs (1.5 m), in place."""
+# paving stone (length, width) in metres: bricks, square slabs, cobbles
+_PAVER_SIZES = ((0.30, 0.15), (0.20, 0.10), (0.60, 0.60), (0.40, 0.40), (0.12, 0.12))
+
+
+def _joints(
+    shade: NDArray[np.float32], materials: NDArray[np.uint8], cell_m: float, origin: FloatArray, paver_m: tuple[float, float]
+) -> None:
+    """Darken the joints between paving stones (``paver_m``, staggered) and concrete slabs (1.5 m), in place."""
     for material, factor in ((PAVERS, 0.72), (CONCRETE, 0.8)):
         rows, cols = np.nonzero(materials == material)
         x = origin[0] + (cols + 0.5) * cell_m
         y = origin[1] + (rows + 0.5) * cell_m
         if material == PAVERS:
-            v = y / 0.15
-            u = x / 0.30 + 0.5 * (np.floor(v) % 2)
-            joint = ((u % 1.0) < 0.17) | ((v % 1.0) < 0.34)
+            v = y / paver_m[1]
+            u = x / paver_m[0] + 0.5 * (np.floor(v) % 2)
+            joint = ((u % 1.0) < 0.05 / paver_m[0]) | ((v % 1.0) < 0.05 / paver_m[1])
         else:
             joint = ((x % 1.5) < cell_m) | ((y % 1.5) < cell_m)
         shade[rows[joint], cols[joint]] *= factor

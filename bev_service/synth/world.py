@@ -20,6 +20,7 @@ from bev_service.geometry.transforms import apply_planar, rotation_z
 from bev_service.synth import objects as obj
 from bev_service.synth.ground import GroundMap, build_ground
 from bev_service.synth.layout import Layout, Polyline, Section, generate_layout
+from bev_service.synth.scenery import scenery
 
 FloatArray = NDArray[np.float64]
 
@@ -92,8 +93,8 @@ class SyntheticWorld:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
         self.config = config or WorldConfig()
-        layout_rng, ground_rng, actor_rng, style_rng = (
-            np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, 3]).spawn(4)
+        layout_rng, ground_rng, actor_rng, style_rng, scenery_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, 3]).spawn(5)
         )
         self.layout: Layout = generate_layout(layout_rng, self.config.size_m)
         self.ground: GroundMap = build_ground(self.layout, ground_rng, self.config.cell_m)
@@ -102,6 +103,7 @@ class SyntheticWorld:
             + obj.lot_actors(self.layout, actor_rng)
             + obj.pedestrians(self.layout, actor_rng)
             + obj.traffic(self.layout, actor_rng)
+            + scenery(self.layout, scenery_rng)
         )
         self.skyline = _skyline(style_rng, self.config.size_m)
         self.ego_colour: obj.Colour = obj._colour(style_rng, obj._PAINTS)

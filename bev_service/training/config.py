@@ -21,6 +21,7 @@ from bev_service.runtime.model_config import ModelConfig
 from bev_service.shipped import DEFAULT_RIG
 
 PRECISIONS = ("bf16", "fp32")
+AUGMENTS = ("legacy", "full")
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -56,6 +57,8 @@ class RunConfig:
     rig: str = str(DEFAULT_RIG)
     train_frame_sets: int = 256  # rendered from data set seed `data_seed` (8 per world) when data is "synth"
     data_seed: int = 0
+    rigs: str = "default"  # rigs the training frame sets come from: "default" (``rig``) or a mix with random rigs (synthdata.py)
+    augment: str = "legacy"  # appearance randomization of the training crops: "legacy" or "full" (training/augment.py)
     val_data: str = "synth"  # held-out frame sets: "synth" renders data set `val_seed`, else a folder
     val_seed: int = 100_000
     val_frame_sets: int = 16
@@ -78,6 +81,11 @@ class RunConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.focus <= 1.0:
             raise ValueError(f"focus must be in [0, 1], got {self.focus}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        from bev_service.training.synthdata import parse_rig_mix  # numpy only: no torch
+
+        parse_rig_mix(self.rigs)
         unknown = sorted(set(self.focus_class_names) - {c.name for c in CLASSES})
         if unknown:
             raise ValueError(f"unknown focus classes {unknown}; the classes are {[c.name for c in CLASSES]}")

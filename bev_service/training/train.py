@@ -30,10 +30,11 @@ from torch.nn import functional as F  # noqa: N812 (the PyTorch convention)
 from tqdm import tqdm
 
 from bev_service.errors import ModelError
-from bev_service.runtime.enet import ENet, network_input, on_device
+from bev_service.runtime.enet import ENet, on_device
 from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.torch_backend import TorchSegmenter, default_device
 from bev_service.runtime.weights import read_payload, save_model
+from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import REMOVED_SETTINGS, RESUMABLE_CHANGES, RunConfig, TrainConfig
 from bev_service.training.data import FrameSource
 from bev_service.training.evaluate import IGNORE, evaluate
@@ -117,29 +118,6 @@ def focus_ids(config: RunConfig, class_names: tuple[str, ...]) -> tuple[int, ...
     return tuple(class_names.index(name) for name in config.focus_class_names)
 
 
-def augment(images: NDArray[np.uint8], labels: NDArray[np.uint8], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, H, W, 3) and (B, H, W) to float (B, 3, H, W) in [0, 1] and int64 (B, H, W) targets.
-
-    Photometric changes stand in for the lighting and sensor differences between cameras; the
-    mirror keeps labels valid because every class is symmetric under it.
-    """
-    b = images.shape[0]
-    x = network_input(torch.from_numpy(images))  # (B, 3, H, W)
-    y = torch.from_numpy(labels).long()  # (B, H, W)
-    flip = torch.from_numpy(rng.random(b) < 0.5)
-    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-
-    def per_sample(lo: float, hi: float, channels: int = 1) -> torch.Tensor:
-        return torch.from_numpy(rng.uniform(lo, hi, size=(b, channels, 1, 1)).astype(np.float32))
-
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    x = (x - mean) * per_sample(0.7, 1.3) + mean  # contrast
-    x = x * per_sample(0.7, 1.3) * per_sample(0.9, 1.1, channels=3)  # brightness, colour gain
-    x = x.clamp(0.0, 1.0) ** per_sample(0.8, 1.25)  # gamma
-    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)) * per_sample(0.0, 0.03)
-    return (x + noise).clamp(0.0, 1.0), y
-
-
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up, then cosine decay to 1% of ``base_lr`` at ``total_steps``."""
     if step < warmup_steps:
@@ -171,6 +149,7 @@ class Trainer:
         self.sampler = sampler
         self.weights = weights.to(self.device)
         self.config = config
+        self.augment_config = AugmentConfig.legacy() if config.augment == "legacy" else AugmentConfig()
         self.total_steps = total_steps
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases, norms, PReLU slopes
@@ -185,7 +164,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels, rng = self.sampler.batch(step)
-        x, y = augment(images, labels, rng)
+        x, y = augment(images, labels, rng, self.augment_config)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         y = y.to(self.device)
         torch.manual_seed(int(rng.integers(1 << 62)))  # dropout masks, so that a resumed run repeats them

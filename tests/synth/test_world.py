@@ -51,15 +51,29 @@ def test_sampled_poses_stand_on_road_with_the_grid_inside_the_map(world: Synthet
         assert int(world.ground.label_at(np.array([pose.x_m, pose.y_m]))) in drivable
 
 
-def test_actors_are_vehicles_people_and_obstacles_some_moving(world: SyntheticWorld) -> None:
+def test_actors_are_vehicles_people_obstacles_and_background_scenery_some_moving(world: SyntheticWorld) -> None:
     classes = {a.class_id for a in world.actors}
-    assert classes == {CLASS_IDS["vehicle"], CLASS_IDS["pedestrian"], CLASS_IDS["static_obstacle"]}
+    assert classes == {CLASS_IDS[c] for c in ("background", "vehicle", "pedestrian", "static_obstacle")}
+    scenery = {a.kind for a in world.actors if a.class_id == CLASS_IDS["background"]}
+    assert scenery >= {"building", "tree"} and scenery <= {"building", "tree", "hedge", "wall", "fence"}
     people = [a for a in world.actors if a.kind == "pedestrian"]
     tops = [max(p.centre[2] + p.size[0] for p in a.parts) for a in people]
     assert min(tops) >= 1.5 and max(tops) <= 1.95
     moving = [a for a in world.actors if a.motion is not None]
     assert moving and all(a.pose_at(0.0) != a.pose_at(2.0) for a in moving if a.motion and a.motion.speed_mps > 0)
     assert {a.kind for a in world.actors} >= {"car", "pedestrian", "cone", "pole"}
+
+
+def test_scenery_stands_clear_of_every_road_corridor(world: SyntheticWorld) -> None:
+    """Buildings, walls, hedges, fences and trees never stand on a carriageway, curb or sidewalk."""
+    pieces = [a for a in world.actors if a.class_id == CLASS_IDS["background"]]
+    assert len(pieces) > 20
+    for piece in pieces:
+        x, y, _ = piece.pose_at(0.0)
+        for road in world.layout.roads:
+            assert road.centre.distance(np.array([[x, y]]))[0] >= road.corridor_half_m, (piece.kind, road.name)
+    under = world.ground.label_at(np.array([a.pose_at(0.0)[:2] for a in pieces]))
+    assert not np.isin(under, [CLASS_IDS["road"], CLASS_IDS["lane_marking"]]).any()
 
 
 def test_actors_overlapping_the_vehicle_are_left_out(world: SyntheticWorld) -> None:

@@ -14,12 +14,14 @@ from bev_service.errors import FrameError
 from bev_service.shipped import MODELS
 from bev_service.training.config import SHIPPED_RECIPE, PruneConfig, RunConfig, TrainConfig, read_recipe
 
-# The flags `make train` passed before the recipe file held them.
+# The flags `make train` passed before the recipe file held them, and those the recipe has since gained.
+DATA_FLAGS = ["--train-frame-sets", "448", "--rigs", "default:0.35,surround:0.45,front_pinhole:0.2", "--augment", "full"]
 OLD_TRAIN_FLAGS = [
+    *DATA_FLAGS,
     "--out-dir",
     "build/train",
     "--steps",
-    "8000",
+    "10000",
     "--seed",
     "0",
     "--threads",
@@ -28,7 +30,7 @@ OLD_TRAIN_FLAGS = [
     "c",
     "--resume",
 ]
-OLD_PRUNE_FLAGS = ["--model", "build/train/model.pt", "--out", "build/prune/model.pt", "--ratio", "0.4"]
+OLD_PRUNE_FLAGS = [*DATA_FLAGS, "--model", "build/train/model.pt", "--out", "build/prune/model.pt", "--ratio", "0.4"]
 OLD_PRUNE_FLAGS += ["--final-finetune-steps", "3000", "--threads", "2", "--render-cache", "c"]
 
 
@@ -48,7 +50,7 @@ def test_the_shipped_recipe_gives_the_configs_of_the_old_make_train_flags() -> N
 
 
 def test_flags_override_the_recipe_and_unknown_settings_fail(tmp_path: Path) -> None:
-    assert parsed("train", "--recipe", "shipped").steps == 8000
+    assert parsed("train", "--recipe", "shipped").steps == 10000
     assert parsed("train", "--recipe", "shipped", "--steps", "10").steps == 10
     assert parsed("train", "--recipe", "shipped", "--no-prior-correction").prior_correction is False
     assert parsed("train").steps == TrainConfig().steps  # no recipe: the defaults

@@ -15,9 +15,10 @@ import torch
 from bev_service.classes import CLASS_NAMES, CLASSES
 from bev_service.errors import ModelError
 from bev_service.runtime.weights import load_model
+from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import TrainConfig
 from bev_service.training.data import ArraySource, FrameSet
-from bev_service.training.train import BatchSampler, augment, class_weights, focus_ids, lr_at, train
+from bev_service.training.train import BatchSampler, class_weights, focus_ids, lr_at, train
 from tests.networks import TINY_SIZE_HW, procedural_source
 
 PEDESTRIAN = CLASS_NAMES.index("pedestrian")
@@ -108,11 +109,16 @@ def test_the_batch_of_a_step_depends_only_on_seed_and_step() -> None:
     assert not np.array_equal(a[0], c[0])
 
 
-def test_augmentation_keeps_labels_on_their_pixels() -> None:
+# Every stage but the ones that mix neighbouring pixels (their own tests are in test_augment.py).
+_POINTWISE = AugmentConfig().without("amplitude", "randconv", "chromatic_aberration", "blur", "motion_blur", "jpeg")
+
+
+@pytest.mark.parametrize("config", [AugmentConfig.legacy(), _POINTWISE], ids=["legacy", "pointwise"])
+def test_augmentation_keeps_labels_on_their_pixels(config: AugmentConfig) -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random((8, 16, 24)) < 0.3).astype(np.uint8)
     images = np.repeat(labels[..., None] * 255, 3, axis=-1).astype(np.uint8)
-    x, y = augment(images, labels, rng)
+    x, y = augment(images, labels, rng, config)
     assert x.shape == (8, 3, 16, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     bright = x.mean(dim=1) > x.mean(dim=(1, 2, 3))[:, None, None]
