@@ -82,6 +82,7 @@ train: $(STAMP)
 	$(BIN)/bev train --recipe bev_service/training/recipes/shipped.json --out-dir $(BUILD)/train --threads 2 --render-cache $(BUILD)/cache --resume
 	$(BIN)/bev prune --recipe bev_service/training/recipes/shipped.json --model $(BUILD)/train/model.pt --out $(BUILD)/prune/model.pt --threads 2 --render-cache $(BUILD)/cache
 	cp $(BUILD)/train/model.pt $(MODELS)/enet.pt && cp $(BUILD)/prune/model.pt $(MODELS)/enet-pruned.pt
+	cp $(BUILD)/train/curves.png $(MODELS)/enet-training-curves.png && cp $(BUILD)/prune/model.json $(MODELS)/enet-pruned-report.json
 	$(BIN)/bev export --model $(MODELS)/enet.pt --out $(MODELS)/enet.onnx
 	$(BIN)/bev export --model $(MODELS)/enet-pruned.pt --out $(MODELS)/enet-pruned.onnx
 	$(BIN)/bev quantize --model $(MODELS)/enet-pruned.onnx --out $(MODELS)/enet-pruned-int8.onnx --render-cache $(BUILD)/cache

@@ -213,10 +213,19 @@ def read_labels(path: str | Path) -> NDArray[np.uint8]:
 
 def encode_png(array: NDArray[np.uint8]) -> bytes:
     """(h, w) grey / class ids or (h, w, 3) RGB to PNG bytes."""
+    return _encode(array, ".png", [])
+
+
+def encode_jpeg(array: NDArray[np.uint8], quality: int = 90) -> bytes:
+    """(h, w) grey or (h, w, 3) RGB to JPEG bytes."""
+    return _encode(array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality])
+
+
+def _encode(array: NDArray[np.uint8], ext: str, params: list[int]) -> bytes:
     bgr = array[..., ::-1] if array.ndim == 3 else array
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
     if not ok:
-        raise ValueError(f"cannot encode an array of shape {array.shape} as PNG")
+        raise ValueError(f"cannot encode an array of shape {array.shape} as {ext[1:].upper()}")
     return buf.tobytes()
 
 
@@ -247,6 +256,13 @@ def check_whole_factor(size_hw: tuple[int, int], calibrated_hw: tuple[int, int],
 
 def write_png(path: str | Path, array: NDArray[np.uint8]) -> None:
     Path(path).write_bytes(encode_png(array))
+
+
+def write_image(path: str | Path, array: NDArray[np.uint8]) -> None:
+    """PNG or JPEG by the name's suffix (.png, .jpg, .jpeg)."""
+    target = Path(path)
+    jpeg = target.suffix.lower() in (".jpg", ".jpeg")
+    target.write_bytes(encode_jpeg(array) if jpeg else encode_png(array))
 
 
 def decode_mask_png(data: bytes, *, name: str = "mask") -> NDArray[np.bool_]:

@@ -46,7 +46,8 @@ def _band(frame_set: RenderedFrameSet, tile_hw: tuple[int, int], title: str) -> 
     return band
 
 
-def _legend(width: int) -> NDArray[np.uint8]:
+def legend(width: int) -> NDArray[np.uint8]:
+    """A strip ``width`` pixels wide naming each class colour (and ego, unknown)."""
     legend = np.full((30, width, 3), 30, dtype=np.uint8)
     entries = [(c.name, c.color_rgb) for c in CLASSES] + [("ego", EGO_COLOR), ("unknown", UNKNOWN_COLOR)]
     x = 6
@@ -67,5 +68,5 @@ def contact_sheet(frame_sets: Sequence[RenderedFrameSet], *, tile_hw: tuple[int,
         pose = fs.pose.as_dict()
         title = f"#{k}  pose x={pose['x_m']:.1f} m y={pose['y_m']:.1f} m yaw={pose['yaw_deg']:.0f} deg  t={fs.time_s:.1f} s"
         bands.append(_band(fs, tile_hw, title))
-    sheet = np.vstack([*bands, _legend(bands[0].shape[1])])
+    sheet = np.vstack([*bands, legend(bands[0].shape[1])])
     return np.ascontiguousarray(sheet)

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -203,8 +204,9 @@ def cached_render(
     with tmp.open("wb") as f:
         np.savez(f, allow_pickle=False, **arrays)
     tmp.replace(path)
-    for stale in path.parent.glob(f"{stem}-*.npz"):  # the same data set, rendered by other code or another rig
-        if stale != path:
+    own = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{20}}\.npz")  # not the mixed-rig set of the same seed and count
+    for stale in path.parent.glob(f"{stem}-*.npz"):  # the same data set, rendered by other code or another rig file
+        if stale != path and own.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
     log.info("wrote %d rendered frame sets to %s", len(frames), path)
     return source

@@ -1,15 +1,18 @@
 """``bev segment``: images of any size through the network at their own shape, to class-id maps of each
-input's own size, with an optional coloured overlay; clear errors for what it cannot read."""
+input's own size, with an optional coloured overlay and a sheet of them all; clear errors for what it cannot read."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from bev_service.classes import palette
 from bev_service.cli.main import main
+from bev_service.cli.segment import SHEET_TILE_HEIGHT, overlay
 from bev_service.imageio import decode_labels, read_image, write_png
 from bev_service.runtime.pipeline import segment_image
 from bev_service.runtime.segmenter import load_segmenter
@@ -75,3 +78,31 @@ def test_unreadable_inputs_exit_2(tiny_weights: Path, tmp_path: Path, capsys: py
         write_png(p, np.zeros((48, 64, 3), np.uint8))
     assert main(["segment", "--model", str(tiny_weights), "--out", str(tmp_path / "o"), str(a), str(b)]) == 2
     assert "distinct names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_sheet_shows_every_overlay_at_one_height_over_a_legend(
+    images: list[Path], tiny_weights: Path, tmp_path: Path, suffix: str
+) -> None:
+    out, sheet = tmp_path / "seg", tmp_path / f"sheet{suffix}"
+    assert main(["segment", "--model", str(tiny_weights), "--sheet", str(sheet), "--out", str(out), *map(str, images)]) == 0
+    picture = read_image(sheet)
+    widths = [round(w * SHEET_TILE_HEIGHT / h) for w, h in SIZES_WH]
+    assert picture.shape[0] > SHEET_TILE_HEIGHT and picture.shape[1] == sum(widths)
+    assert not list(out.glob("*.overlay.png")), "overlays are written only with --overlay"
+    # each tile is its image's overlay, scaled: compare the last one away from its name
+    x0 = sum(widths[:-1])
+    blended = read_image(images[-1])
+    tile = picture[40:SHEET_TILE_HEIGHT, x0 + 10 :].astype(np.int16)
+    labels = decode_labels((out / f"{images[-1].stem}.png").read_bytes())
+    expected = cv2.resize(overlay(blended, labels, palette()), (widths[-1], SHEET_TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+    tolerance = 12 if suffix == ".jpg" else 0
+    assert np.abs(tile - expected[40:, 10:].astype(np.int16)).mean() <= tolerance
+
+
+def test_sheet_needs_an_image_name(
+    images: list[Path], tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["segment", "--model", str(tiny_weights), "--sheet", str(tmp_path / "sheet.gif"), "--out", str(tmp_path / "o")]
+    assert main([*args, str(images[0])]) == 2
+    assert "sheet.gif" in capsys.readouterr().err and not (tmp_path / "o").exists()

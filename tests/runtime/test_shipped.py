@@ -50,12 +50,11 @@ def test_the_pruned_model_is_smaller_and_keeps_the_interface() -> None:
     assert report["macs_ratio"] >= 2.0
 
 
-# Floors 0.04-0.08 under what the shipped weights score on this frame set (enet 0.71 image / 0.70 BEV against
-# the oracle, enet-pruned 0.71 / 0.62 since the default rig's body hides the ground beside it: the background
-# the cameras saw of the car's own body left the BEV, and with it a class scored near 1): a regression in
-# weights, runtime or warp shows, float noise does not.
+# Floors 0.05-0.06 under what the shipped weights score on this frame set (enet 0.480 image / 0.411 BEV against
+# the oracle, enet-pruned 0.473 / 0.419; pedestrians and static obstacles score near 0 on it): a regression
+# in weights, runtime or warp shows, float noise does not.
 @pytest.mark.parametrize(
-    ("path", "image_floor", "bev_floor"), [(UNPRUNED, 0.64, 0.63), (PRUNED, 0.63, 0.58)], ids=["enet", "enet-pruned"]
+    ("path", "image_floor", "bev_floor"), [(UNPRUNED, 0.43, 0.36), (PRUNED, 0.42, 0.36)], ids=["enet", "enet-pruned"]
 )
 def test_shipped_model_segments_a_held_out_frame_set(
     path: Path, image_floor: float, bev_floor: float, held_out: tuple[ArraySource, BevProjector]
@@ -91,6 +90,6 @@ def test_the_shipped_int8_graph_is_current_and_segments_like_the_float_graph(hel
     source, projector = held_out
     images = source[0].images
     agree = OnnxSegmenter(float_graph).segment(images).labels == int8.segment(images).labels
-    assert agree.mean() > 0.99  # measured 0.998 on data set 100000 (the model card)
+    assert agree.mean() > 0.99  # measured 0.996 on data set 100000 (the model card)
     report = evaluate(int8, source, projector=projector).report()
-    assert report["image"]["miou"] > 0.63 and report["bev_vs_oracle"]["miou"] > 0.58, json.dumps(report["image"])
+    assert report["image"]["miou"] > 0.42 and report["bev_vs_oracle"]["miou"] > 0.36, json.dumps(report["image"])

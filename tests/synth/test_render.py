@@ -211,6 +211,18 @@ def test_true_bev_is_complete_with_ego_and_footprints(small_renderer: Renderer, 
     assert busy_frame_set.unknown.dtype == bool and busy_frame_set.unknown.shape == truth.shape
 
 
+def test_the_body_is_in_view_and_never_a_ground_class(small_renderer: Renderer, busy_frame_set: RenderedFrameSet) -> None:
+    """Every pixel whose ray meets the car's own body first is labelled background, whatever lies under it."""
+    seen = 0
+    for cam in small_renderer.cameras:
+        body = cam.to_image(cam.base_hit >= 0)
+        seen += int(body.sum())
+        labels = busy_frame_set.labels[cam.name][body]
+        assert not np.isin(labels, list(GROUND_IDS)).any(), f"{cam.name}: a body pixel labelled ground"
+        assert (labels == CLASS_IDS["background"]).all(), f"{cam.name}: a body pixel labelled as an object"
+    assert seen > 0, "the default rig's cameras see the car's body"
+
+
 def test_same_inputs_render_identically_and_seeds_differ(world: SyntheticWorld, small_renderer: Renderer) -> None:
     pose = world.pose_on_route(30.0)
     a = small_renderer.render(world, pose, time_s=1.0, seed=3)

@@ -31,7 +31,7 @@ OLD_TRAIN_FLAGS = [
     "--resume",
 ]
 OLD_PRUNE_FLAGS = [*DATA_FLAGS, "--model", "build/train/model.pt", "--out", "build/prune/model.pt", "--ratio", "0.4"]
-OLD_PRUNE_FLAGS += ["--final-finetune-steps", "3000", "--threads", "2", "--render-cache", "c"]
+OLD_PRUNE_FLAGS += ["--final-finetune-steps", "3000", "--precision", "fp32", "--threads", "2", "--render-cache", "c"]
 
 
 def parsed(command: str, *argv: str) -> TrainConfig | PruneConfig:
