@@ -47,10 +47,10 @@ KB_FIT_SAMPLES = 256
 
 
 def rgba_table() -> NDArray[np.uint8]:
-    """(256, 4) RGBA by grid value: the class palette, opaque; unknown cells fully transparent."""
+    """(256, 4) RGBA by grid value: the class palette, opaque; unknown cells transparent (alpha 0)."""
     table = np.full((256, 4), 255, dtype=np.uint8)
     table[:, :3] = palette()
-    table[UNKNOWN] = 0
+    table[UNKNOWN, 3] = 0
     return table
 
 

@@ -155,7 +155,11 @@ def test_channels_are_advertised_with_their_schemas(live: LiveServer, default_ri
         }
         for topic, schema_name in schemas.items():
             channel = client.channels[topic]
-            assert (channel["schemaName"], channel["encoding"], channel["schemaEncoding"]) == (schema_name, "protobuf", "protobuf")
+            assert (channel["schemaName"], channel["encoding"], channel["schemaEncoding"]) == (
+                schema_name,
+                "protobuf",
+                "protobuf",
+            )
 
 
 def test_grid_and_images_of_a_rest_frame_set(
@@ -170,7 +174,11 @@ def test_grid_and_images_of_a_rest_frame_set(
         message = client.next_message("/bev/grid")
         image = client.next_message("/bev/camera/front/image")
     assert message.frame_id == "vehicle"
-    assert (message.pose.position.x, message.pose.position.y, message.pose.position.z) == (grid.x_range_m[0], grid.y_range_m[0], 0)
+    assert (message.pose.position.x, message.pose.position.y, message.pose.position.z) == (
+        grid.x_range_m[0],
+        grid.y_range_m[0],
+        0,
+    )
     assert (message.pose.orientation.x, message.pose.orientation.y, message.pose.orientation.z) == (0, 0, 0)
     assert message.pose.orientation.w == 1
     assert message.cell_size.x == message.cell_size.y == grid.cell_size_m
