@@ -4,6 +4,7 @@ real WebSocket client speaking the server's subprotocol, messages decoded from t
 from __future__ import annotations
 
 import base64
+import io
 import json
 import socket
 import struct
@@ -13,10 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
+from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
 from bev_service.classes import palette
@@ -187,6 +190,26 @@ def test_grid_and_images_of_a_rest_frame_set(
     assert set(offsets) == {"class_id", "red", "green", "blue", "alpha"}
     np.testing.assert_array_equal(cells[..., offsets["class_id"]], expected_cells(bev))
     assert image.format == "jpeg" and image.data == frame_set.jpeg["front"] and image.frame_id == "camera_front"
+
+
+def test_a_stream_frame_set_is_published_at_its_capture_time(live: LiveServer, frame_set: RenderedFrameSet) -> None:
+    stamp_s = 1_700_000_000.25
+    with foxglove_client(foxglove_port(live)) as client:
+        client.wait_for_topics({"/bev/grid", "/bev/camera/rear/image"})
+        client.subscribe("/bev/grid", "/bev/camera/rear/image")
+        time.sleep(0.2)
+        with connect(live.ws_url, max_size=None, open_timeout=TIMEOUT_S) as stream:
+            stream.send(msgpack.packb({"seq": 5, "stamp": stamp_s, "images": frame_set.jpeg}, use_bin_type=True))
+            reply = msgpack.unpackb(stream.recv(timeout=60))
+        message = client.next_message("/bev/grid")
+        image = client.next_message("/bev/camera/rear/image")
+    assert reply["seq"] == 5 and "grid" in reply
+    bev = np.asarray(Image.open(io.BytesIO(reply["grid"])))  # the palette PNG's values are the class ids
+    _, cells = grid_fields(message)
+    np.testing.assert_array_equal(cells[..., 0], expected_cells(bev))
+    for stamped in (message, image):
+        assert (stamped.timestamp.seconds, stamped.timestamp.nanos) == (1_700_000_000, 250_000_000)
+    assert image.data == frame_set.jpeg["rear"]
 
 
 def test_grid_colours_follow_the_class_table(live: LiveServer, label_files: Files) -> None:
