@@ -28,9 +28,10 @@ from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.geometry.rig import Rig
 from bev_service.service.app import create_app
 from bev_service.service.errors import FoxgloveStartError
-from bev_service.service.foxglove import DropOldestQueue
+from bev_service.service.foxglove import GRID_TOPIC, DropOldestQueue, calibration_topic, image_topic
 from bev_service.service.settings import Settings
 from bev_service.synth import RenderedFrameSet
+from tests.conftest import REPO
 from tests.live_server import LiveServer
 from tests.service.conftest import Files
 
@@ -324,3 +325,19 @@ def test_off_by_default(settings_for: Callable[..., Settings], monkeypatch: pyte
     assert settings_for().foxglove_port is None
     monkeypatch.setenv("BEV_FOXGLOVE_PORT", "8765")
     assert Settings().foxglove_port == 8765
+
+
+def test_the_shipped_layout_shows_the_published_topics(default_rig: Rig) -> None:
+    layout = json.loads((REPO / "docs" / "foxglove" / "bev-layout.json").read_text())
+    panels = layout["configById"]
+    three_d = panels["3D!bev"]
+    assert three_d["followTf"] == "vehicle"
+    assert three_d["topics"][GRID_TOPIC] == {"visible": True, "colorMode": "rgba-fields", "frameLocked": True}
+    modes = [c["imageMode"] for k, c in panels.items() if k.startswith("Image!")]
+    images = {mode["imageTopic"]: mode["calibrationTopic"] for mode in modes}
+    assert images == {image_topic(name): calibration_topic(name) for name in default_rig.camera_names}
+
+    def leaves(node: Any) -> set[str]:
+        return {node} if isinstance(node, str) else leaves(node["first"]) | leaves(node["second"])
+
+    assert leaves(layout["layout"]) == set(panels)  # every panel configured is placed, and only those
