@@ -113,6 +113,9 @@ class FrameSet:
     stamp_s: float
 
 
+_Channel = GridChannel | FrameTransformsChannel | CompressedImageChannel | CameraCalibrationChannel
+
+
 @dataclass
 class _CameraChannels:
     image: CompressedImageChannel
@@ -142,9 +145,13 @@ class FoxglovePublisher:
         assert self._server is not None, "start() first"
         return self._server.port
 
-    @property
-    def started(self) -> bool:
-        return self._server is not None
+    def subscribed(self, topic: str) -> bool:
+        """Whether a Foxglove client subscribes to ``topic`` now."""
+        channels: dict[str, _Channel] = {GRID_TOPIC: self._grid, TF_TOPIC: self._tf}
+        for name, camera in list(self._cameras.items()):
+            channels[image_topic(name)], channels[calibration_topic(name)] = camera.image, camera.calibration
+        channel = channels.get(topic)
+        return channel is not None and channel.has_sinks()
 
     def start(self) -> None:
         try:
@@ -166,7 +173,8 @@ class FoxglovePublisher:
     def announce(self, rig: Rig) -> None:
         """Advertise ``rig``'s camera topics and publish its transforms and calibrations (off the caller's thread)."""
         self._known = rig
-        self._queue.put(rig)
+        if not self._queue.put(rig):
+            self.metrics.foxglove_dropped.inc()
 
     def offer(self, rig: Rig, images: Mapping[str, bytes] | None, grid: NDArray[np.uint8], stamp_s: float | None) -> None:
         """Queue an answered frame set for publishing; returns at once. ``stamp_s``: its capture time (epoch

@@ -112,6 +112,15 @@ def foxglove_port(live: LiveServer) -> int:
     return int(publisher.port)
 
 
+def wait_subscribed(live: LiveServer, client: FoxgloveClient) -> None:
+    """Until the service sees every subscription of ``client``."""
+    publisher = live.app.state.bev.foxglove
+    deadline = time.monotonic() + TIMEOUT_S
+    while not all(publisher.subscribed(topic) for topic in client.topic_of.values()):
+        assert time.monotonic() < deadline, "the subscriptions did not reach the server"
+        time.sleep(0.02)
+
+
 def camera_topics(rig: Rig) -> set[str]:
     return {f"/bev/camera/{name}/{kind}" for name in rig.camera_names for kind in ("image", "calibration")}
 
@@ -173,7 +182,7 @@ def test_grid_and_images_of_a_rest_frame_set(
     with foxglove_client(foxglove_port(live)) as client:
         client.wait_for_topics({"/bev/grid", "/bev/camera/front/image"})
         client.subscribe("/bev/grid", "/bev/camera/front/image")
-        time.sleep(0.2)  # the subscription reaches the server
+        wait_subscribed(live, client)
         bev = post_raw(live, image_files)
         message = client.next_message("/bev/grid")
         image = client.next_message("/bev/camera/front/image")
@@ -198,7 +207,7 @@ def test_a_stream_frame_set_is_published_at_its_capture_time(live: LiveServer, f
     with foxglove_client(foxglove_port(live)) as client:
         client.wait_for_topics({"/bev/grid", "/bev/camera/rear/image"})
         client.subscribe("/bev/grid", "/bev/camera/rear/image")
-        time.sleep(0.2)
+        wait_subscribed(live, client)
         with connect(live.ws_url, max_size=None, open_timeout=TIMEOUT_S) as stream:
             stream.send(msgpack.packb({"seq": 5, "stamp": stamp_s, "images": frame_set.jpeg}, use_bin_type=True))
             reply = msgpack.unpackb(stream.recv(timeout=60))
@@ -219,7 +228,7 @@ def test_grid_colours_follow_the_class_table(live: LiveServer, label_files: File
     with foxglove_client(foxglove_port(live)) as client:
         client.wait_for_topics({"/bev/grid"})
         client.subscribe("/bev/grid")
-        time.sleep(0.2)
+        wait_subscribed(live, client)
         bev = post_raw(live, label_files, labels="true")
         message = client.next_message("/bev/grid")
     offsets, cells = grid_fields(message)
@@ -266,7 +275,7 @@ def test_a_client_that_never_reads_does_not_slow_rest(live: LiveServer, image_fi
     with foxglove_client(foxglove_port(live), max_queue=1) as client:
         client.wait_for_topics({"/bev/grid", *camera_topics(default_rig)})
         client.subscribe(*(t for t in client.channels if t != "/tf"))
-        time.sleep(0.2)
+        wait_subscribed(live, client)
         published = metric(live, "bev_foxglove_published_total")
         post_raw(live, image_files)  # once warm
         began = time.perf_counter()
@@ -281,8 +290,12 @@ def test_a_client_that_never_reads_does_not_slow_rest(live: LiveServer, image_fi
     assert httpx.get(live.url("/healthz")).status_code == 200
 
 
-def test_nothing_is_published_without_subscribers(live: LiveServer, image_files: Files) -> None:
-    time.sleep(0.3)  # earlier tests' clients are gone
+def test_nothing_is_published_without_subscribers(live: LiveServer, image_files: Files, default_rig: Rig) -> None:
+    publisher = live.app.state.bev.foxglove
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(publisher.subscribed(topic) for topic in {"/bev/grid", *camera_topics(default_rig)}):
+        assert time.monotonic() < deadline, "earlier tests' subscriptions did not end"
+        time.sleep(0.02)
     published = metric(live, "bev_foxglove_published_total")
     post_raw(live, image_files)
     time.sleep(0.3)
