@@ -3,6 +3,7 @@
 bev serve                          # 127.0.0.1:8000, shipped model, default rig, viewer at /
 BEV_API_TOKEN=secret bev serve --host 0.0.0.0 --port 8000
 BEV_MAX_CONNECTIONS=1024 BEV_TIMEOUT_HEADERS_S=5 bev serve   # connection limits: see Settings
+bev serve --foxglove-port 8765     # and a live view for Foxglove / Lichtblick on ws://127.0.0.1:8765
 
 The uvicorn configuration (limits, timeouts, the token kept out of the access log) is
 ``bev_service.service.server.uvicorn_config``, which the tests run the service with too.
@@ -25,7 +26,8 @@ def register(commands: Any) -> None:
         "serve",
         help="serve the REST API, the WebSocket stream and the viewer",
         description="Serve the BEV service with uvicorn. Every flag overrides its BEV_* environment variable "
-        "(BEV_HOST, BEV_PORT, BEV_MODEL, BEV_BACKEND, BEV_RIG, BEV_RIGS_DIR; BEV_API_TOKEN only from the environment).",
+        "(BEV_HOST, BEV_PORT, BEV_MODEL, BEV_BACKEND, BEV_RIG, BEV_RIGS_DIR, BEV_FOXGLOVE_PORT, BEV_FOXGLOVE_HOST; "
+        "BEV_API_TOKEN only from the environment).",
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -43,6 +45,12 @@ def register(commands: Any) -> None:
         type=int,
         help="pixels each camera runs through the network at, in its own aspect ratio (default: the model's training size)",
     )
+    p.add_argument(
+        "--foxglove-port",
+        type=int,
+        help="also serve a Foxglove WebSocket server on this port: the cameras and the grid live (default: none)",
+    )
+    p.add_argument("--foxglove-host", help="address the Foxglove server listens on (default 127.0.0.1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
     p.set_defaults(func=run)
 
@@ -57,16 +65,37 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {
         k: v
-        for k in ("host", "port", "model", "backend", "device", "rig", "rigs_dir", "input_pixels", "log_level")
+        for k in (
+            "host",
+            "port",
+            "model",
+            "backend",
+            "device",
+            "rig",
+            "rigs_dir",
+            "input_pixels",
+            "foxglove_port",
+            "foxglove_host",
+            "log_level",
+        )
         if (v := getattr(args, k)) is not None
     }
     settings = Settings(**overrides)
     path, backend = resolve_model(settings)  # a missing model fails here, before the port opens
     if not Path(settings.rig).is_file():
         raise ModelError(f"rig file {settings.rig} does not exist (set --rig or BEV_RIG)")
+    app = create_app(settings)
+    state = app.state.bev
+    state.start_foxglove()  # a taken Foxglove port fails here (FoxgloveStartError), before the HTTP port opens
     print(f"bev serve: http://{settings.host}:{settings.port}/ (viewer), model {path} on {backend}", flush=True)
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    if state.foxglove is not None:
+        print(f"bev serve: Foxglove live view on ws://{settings.foxglove_host}:{state.foxglove.port}", flush=True)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     # After a graceful shutdown on Ctrl+C, uvicorn raises the signal again, as uvicorn.run expects.
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    finally:
+        if not server.started and state.foxglove is not None:
+            state.foxglove.close()  # the lifespan that would have closed it never ran
     return 0 if server.started else STARTUP_FAILURE

@@ -68,6 +68,10 @@ class LimitError(BevError):
         self.setting, self.status = setting, status
 
 
+class FoxgloveStartError(BevError):
+    """The Foxglove server cannot start as configured (its port is taken or cannot be bound): a start-up error."""
+
+
 class OverloadedError(BevError):
     """The queue is full; retry after ``retry_after_s``."""
 

@@ -27,6 +27,10 @@ class Metrics:
         self.batch_size = Histogram("bev_batch_size", "Frame sets per network call", buckets=(1, 2, 3, 4, 6, 8), registry=r)
         self.rejected = Counter("bev_overload_rejections", "Frame sets refused with 503 because the queue was full", registry=r)
         self.dropped = Counter("bev_stream_dropped", "Stream frame sets dropped because a newer one arrived", registry=r)
+        self.foxglove_published = Counter("bev_foxglove_published", "Frame sets published to Foxglove clients", registry=r)
+        self.foxglove_dropped = Counter(
+            "bev_foxglove_dropped", "Frame sets not published to Foxglove because newer ones filled its queue", registry=r
+        )
         self.streams = Gauge("bev_stream_connections", "Open WebSocket streams", registry=r)
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:

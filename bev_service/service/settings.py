@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     ws_ping_interval_s: Annotated[float, Field(gt=0)] = 20.0  # pings; a peer that does not answer within as long is dropped
     demo_frames: Annotated[int, Field(ge=1)] = 24  # frame sets of the viewer's built-in synthetic drive
     demo_scale: Annotated[float, Field(gt=0, le=1.0)] = 1.0  # the drive is rendered at this fraction of the rig's image size
+    # -- the Foxglove live view (README, "Live view in Foxglove") --
+    # A Foxglove WebSocket server publishing the cameras and the grid on this port when set (0: any free port)
+    foxglove_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    foxglove_host: str = "127.0.0.1"
+    foxglove_queue_size: Annotated[int, Field(ge=1)] = 4  # frame sets waiting to be published; beyond it the oldest is dropped
     log_level: str = "info"
 
     @field_validator("backend")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from bev_service.service.engine import Engine
 from bev_service.service.metrics import Metrics
 from bev_service.service.rigs import RigLimits, RigStore
 from bev_service.service.settings import Settings
+
+if TYPE_CHECKING:
+    from bev_service.service.foxglove import FoxglovePublisher
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +79,34 @@ class ServiceState:
         self.model_info: dict[str, Any] = {}
         self.started_at = time.time()
         self._demo: DemoDrive | None = None
+        self.foxglove: FoxglovePublisher | None = None
         self._closing = threading.Event()
         self._loader = threading.Thread(target=self._load, name="bev-load", daemon=True)
 
     def start(self) -> None:
+        self.start_foxglove()
         self._loader.start()
+
+    def start_foxglove(self) -> None:
+        """Bind the Foxglove server when ``foxglove_port`` is set (``FoxgloveStartError`` when it cannot); once.
+        ``bev serve`` calls it before the HTTP port opens, so that a taken port fails the command at once."""
+        if self.settings.foxglove_port is None or self.foxglove is not None:
+            return
+        from bev_service.service.foxglove import FoxglovePublisher  # the SDK loads only when asked for
+
+        publisher = FoxglovePublisher(
+            host=self.settings.foxglove_host,
+            port=self.settings.foxglove_port,
+            metrics=self.metrics,
+            queue_size=self.settings.foxglove_queue_size,
+        )
+        publisher.start()
+        self.foxglove = publisher
+
+    def publish(self, rig: Rig, images: Mapping[str, bytes] | None, result: BevResult, stamp_s: float | None = None) -> None:
+        """Offer an answered frame set to the Foxglove live view, if one runs; never waits."""
+        if self.foxglove is not None:
+            self.foxglove.offer(rig, images, result.grid, stamp_s)
 
     def default_camera_names(self) -> tuple[str, ...]:
         """The cameras a frame set for the default rig has: the served rig once loaded (a stored rig may
@@ -151,6 +178,8 @@ class ServiceState:
                 entry = self.store.get(None)
                 blank = {c.name: np.zeros((*c.image_size_hw, 3), np.uint8) for c in entry.rig.cameras}
                 entry.pipeline.run(blank)
+            if self.foxglove is not None:
+                self.foxglove.announce(self.store.get(None).rig)
             self.ready.set()
             log.info("ready in %.1f s: model %s on %s, rigs %s", time.perf_counter() - began, path, backend, self.store.ids())
         except (BevError, OSError, ValueError) as exc:
@@ -166,3 +195,5 @@ class ServiceState:
             self.engine.close()
         if self.store is not None:
             self.store.close()
+        if self.foxglove is not None:
+            self.foxglove.close()

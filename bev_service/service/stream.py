@@ -190,6 +190,7 @@ class StreamSession:
             await self.send(describe(exc).stream_message(job.seq))
             return
         metrics.frame_set_answered("stream", result.timings_ms, began)
+        self.state.publish(entry.rig, job.images, result, job.stamp)
         rows, cols = result.grid.shape
         reply = {
             "seq": job.seq,

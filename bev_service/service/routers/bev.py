@@ -81,6 +81,7 @@ async def post_bev(
         st.metrics.frame_set_refused(source)
         raise
     st.metrics.frame_set_answered(source, result.timings_ms, began)
+    st.publish(entry.rig, None if labels else files, result)
     headers = {"X-BEV-Rig": entry.rig_id, "X-BEV-Rows": str(result.grid.shape[0]), "X-BEV-Cols": str(result.grid.shape[1])}
     headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in result.timings_ms.items())
     if kind == "png":
