@@ -2,6 +2,7 @@
 
 bev synth --count 100 --seed 1 --out build/synth
 bev synth --drive --frames 100 --speed-mps 8 --fps 10 --seed 1 --out build/drive
+bev synth --drive --frames 100 --seed 1 --mcap build/drive.mcap     # a recording: one CompressedImage topic per camera
 bev synth --count 3 --seed 1 --contact-sheet docs/synth/contact_sheet.png
 """
 
@@ -15,7 +16,9 @@ from tqdm import tqdm
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import BevError
+from bev_service.geometry.rig import Rig
 from bev_service.imageio import write_png
+from bev_service.recordings.mcap_out import IMAGE_ENCODINGS, CameraRecordingWriter, ImageEncoding
 from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth.contact_sheet import contact_sheet
 from bev_service.synth.dataset import iter_frame_sets, world_seed, write_dataset, write_drive
@@ -24,6 +27,7 @@ from bev_service.synth.render import RenderedFrameSet
 from bev_service.synth.world import SyntheticWorld
 
 SHEET_FRAME_SETS = 3
+DRIVE_EPOCH_NS = 1_700_000_000 * 1_000_000_000  # capture time of a recorded drive's first frame set (2023-11-14)
 MAX_COUNT = 1_000_000
 
 
@@ -53,6 +57,19 @@ def register(commands: Any) -> None:
     drive.add_argument("--speed-mps", type=float, help="vehicle speed in m/s (default 8)")
     drive.add_argument("--fps", type=float, help="frame sets per second (default 10)")
     drive.add_argument("--start-m", type=float, help="start position along the route in metres (default 0)")
+    drive.add_argument(
+        "--mcap",
+        type=Path,
+        metavar="OUT.mcap",
+        help="also (or only) write the drive as a recording: each camera's JPEGs on /cam/<camera>/compressed, "
+        "stamped with their capture time (what bev replay reads)",
+    )
+    drive.add_argument(
+        "--mcap-encoding",
+        choices=IMAGE_ENCODINGS,
+        help="message type of the images: ros2 (sensor_msgs/msg/CompressedImage, the default), json or protobuf "
+        "(foxglove.CompressedImage)",
+    )
     p.add_argument(
         "--contact-sheet",
         type=Path,
@@ -64,8 +81,12 @@ def register(commands: Any) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise SynthArgumentError when the options do not fit together."""
-    if args.out is None and args.contact_sheet is None:
-        raise SynthArgumentError("nothing to write: give --out DIR, --contact-sheet OUT.png, or both")
+    if args.out is None and args.contact_sheet is None and args.mcap is None:
+        raise SynthArgumentError("nothing to write: give --out DIR, --contact-sheet OUT.png, --mcap OUT.mcap (with --drive)")
+    if not args.drive and (args.mcap is not None or args.mcap_encoding is not None):
+        raise SynthArgumentError("--mcap and --mcap-encoding only apply with --drive")
+    if args.mcap is not None and args.mcap.suffix.lower() != ".mcap":
+        raise SynthArgumentError(f"--mcap must name a .mcap file, got {args.mcap}")
     if args.seed < 0:
         raise SynthArgumentError(f"--seed must be >= 0, got {args.seed}")
     if not 0.05 <= args.scale <= 2.0:
@@ -116,11 +137,48 @@ def run(args: argparse.Namespace) -> int:
                 write_drive(args.out, rig, rig_path, plan, seed=args.seed, scale=args.scale, progress=bar.update)
             else:
                 write_dataset(args.out, rig, rig_path, count=args.count, seed=args.seed, scale=args.scale, progress=bar.update)
+    if args.mcap is not None:
+        assert plan is not None  # check_args: --mcap needs --drive
+        with tqdm(total=plan.frames, desc="bev synth --mcap", unit="frame set", disable=args.no_progress) as bar:
+            write_drive_mcap(
+                args.mcap, rig, plan, seed=args.seed, scale=args.scale, encoding=args.mcap_encoding or "ros2", progress=bar.update
+            )
     if args.contact_sheet is not None:
         frame_sets = _sheet_frame_sets(rig, args, plan)
         args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
         write_png(args.contact_sheet, contact_sheet(frame_sets))
     return 0
+
+
+def write_drive_mcap(
+    path: Path, rig: Rig, plan: DrivePlan, *, seed: int, scale: float, encoding: ImageEncoding, progress: Any = None
+) -> None:
+    """The drive that ``write_drive`` renders, as a recording: frame set k's images stamped DRIVE_EPOCH_NS + k / fps,
+    each camera logged a millisecond after the one before it (as a transport would deliver them). Written beside its
+    name and renamed into place: the file exists only once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    world = SyntheticWorld(world_seed(seed, 0))
+    with CameraRecordingWriter(partial, encoding=encoding) as writer:
+        writer.writer.add_metadata(
+            "bev.synth",
+            {
+                "rig_id": rig.rig_id,
+                "rig_fingerprint": rig.fingerprint,
+                "seed": str(seed),
+                "scale": str(scale),
+                "frames": str(plan.frames),
+                "fps": str(plan.fps),
+                "speed_mps": str(plan.speed_mps),
+            },
+        )
+        for frame in iter_drive(rig, world, plan, seed=seed, scale=scale):
+            stamp_ns = DRIVE_EPOCH_NS + round(frame.timestamp_s * 1e9)
+            for i, name in enumerate(frame.frame_set.camera_names):
+                writer.write_image(name, stamp_ns, frame.frame_set.jpeg[name], log_time_ns=stamp_ns + (i + 1) * 1_000_000)
+            if progress is not None:
+                progress(1)
+    partial.replace(path)
 
 
 def _sheet_frame_sets(rig: Any, args: argparse.Namespace, plan: DrivePlan | None) -> list[RenderedFrameSet]:

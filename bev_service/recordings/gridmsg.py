@@ -1,0 +1,71 @@
+"""The BEV grid as the cell arrays of ``foxglove.Grid`` and ``nav_msgs/msg/OccupancyGrid``.
+
+Both messages lay cells out from the corner of their cell (0, 0) along the axes of their ``pose`` / ``origin``:
+column i along that pose's x, row j along its y, row-major (``data[j * width + i]``). The BEV grid is a top-down
+picture (row 0 forward-most, column 0 left-most: ``bev_service.geometry.grid``), which no rotation turns into that
+layout (it is mirrored). So the messages take the vehicle frame's own axes: the pose is the identity rotation at the
+grid's rear-right corner (x_min, y_min, 0), message column i is the i-th cell from the back (x increasing, ``width``
+= the BEV grid's rows) and message row j the j-th cell from the right (y increasing, ``height`` = the BEV's columns):
+
+    message_cells[j, i] = bev[rows - 1 - i, cols - 1 - j],   i.e.  message_cells = bev[::-1, ::-1].T
+
+OccupancyGrid values (int8; ROS reads 0..100 as occupancy, -1 as unknown), exactly:
+    class id k (0..7, ``bev_service.classes``)  ->  k
+    ego (254, the vehicle's footprint)          ->  100 (occupied)
+    unknown (255, seen by no camera)            ->  -1
+``bev_from_occupancy`` inverts it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bev_service.classes import NUM_CLASSES, palette
+from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
+
+OCCUPANCY_EGO = 100
+OCCUPANCY_UNKNOWN = -1
+
+
+def message_cells(bev: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(cols, rows) cells in message order (row j along y, column i along x) from a (rows, cols) BEV grid."""
+    return np.ascontiguousarray(bev[::-1, ::-1].T)
+
+
+def bev_from_message_cells(cells: NDArray[np.generic]) -> NDArray[np.generic]:
+    """The inverse of ``message_cells``."""
+    return np.ascontiguousarray(cells.T[::-1, ::-1])
+
+
+def origin_xy_m(grid: BevGrid) -> tuple[float, float]:
+    """The vehicle-frame corner of message cell (0, 0): the grid's rear-right corner."""
+    return float(grid.x_range_m[0]), float(grid.y_range_m[0])
+
+
+def occupancy_from_bev(bev: NDArray[np.uint8]) -> NDArray[np.int8]:
+    """BEV values to OccupancyGrid values (same shape), as the module docstring maps them."""
+    if bev.size and int(bev[(bev != EGO) & (bev != UNKNOWN)].max(initial=0)) >= NUM_CLASSES:
+        raise ValueError(f"grid values are class ids below {NUM_CLASSES}, {EGO} or {UNKNOWN}")
+    out = bev.astype(np.int8)  # class ids 0..7 keep their value
+    out[bev == EGO] = OCCUPANCY_EGO
+    out[bev == UNKNOWN] = OCCUPANCY_UNKNOWN
+    return out
+
+
+def bev_from_occupancy(values: NDArray[np.int8]) -> NDArray[np.uint8]:
+    out = values.astype(np.uint8)
+    out[values == OCCUPANCY_EGO] = EGO
+    out[values == OCCUPANCY_UNKNOWN] = UNKNOWN
+    return out
+
+
+def coloured_cells(bev: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(cols, rows, 5) message cells of class id, red, green, blue, alpha: the class table's colours, opaque except
+    unknown cells (alpha 0, so that what lies under the grid shows through)."""
+    cells = message_cells(bev)
+    rgba = np.empty((*cells.shape, 5), dtype=np.uint8)
+    rgba[..., 0] = cells
+    rgba[..., 1:4] = palette()[cells]
+    rgba[..., 4] = np.where(cells == UNKNOWN, 0, 255)
+    return rgba
