@@ -46,12 +46,12 @@ def image_topic(camera: str) -> str:
 class _McapFile:
     """An MCAP writer with its channels registered on first use, one schema per message type."""
 
-    def __init__(self, output: str | Path | IO[bytes]) -> None:
+    def __init__(self, output: str | Path | IO[bytes], *, profile: str = "") -> None:
         from mcap.writer import Writer
 
         self._file: IO[bytes] | None = open(output, "wb") if isinstance(output, str | Path) else None  # noqa: SIM115
         self.writer = Writer(self._file if self._file is not None else output)  # type: ignore[arg-type]
-        self.writer.start(profile="", library="bev-service")
+        self.writer.start(profile=profile, library="bev-service")
         self._schemas: dict[str, int] = {}
         self._channels: dict[str, int] = {}
 
@@ -92,7 +92,8 @@ class CameraRecordingWriter(_McapFile):
     def __init__(self, output: str | Path | IO[bytes], *, encoding: ImageEncoding = "ros2") -> None:
         if encoding not in IMAGE_ENCODINGS:
             raise ValueError(f"image encoding must be one of {', '.join(IMAGE_ENCODINGS)}, got {encoding!r}")
-        super().__init__(output)
+        # The MCAP "ros2" profile (every channel ROS 2 CDR) is what ROS 2 tools, rosbags among them, look for.
+        super().__init__(output, profile="ros2" if encoding == "ros2" else "")
         self.encoding = encoding
 
     def write_image(

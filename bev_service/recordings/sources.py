@@ -167,7 +167,7 @@ def _iter_mcap(recording: Recording, start_ns: int | None, end_ns: int | None) -
     with recording.path.open("rb") as f:
         reader = make_reader(f)
         for schema, channel, message in reader.iter_messages(
-            topics=list(camera_of), start_time=start_ns, end_time=end_ns, log_time_order=True
+            topics=list(camera_of), starting_at=start_ns, ending_before=end_ns, log_time_order=True
         ):
             if channel.id not in decoders:
                 decoders[channel.id] = _image_decoder(recording.path, schema, channel, ros_decoders)

@@ -66,6 +66,11 @@ class FrameSetGrouper:
         self._decided_ns: int | None = None  # the last frame set's time
         self.late = 0
 
+    @property
+    def pending(self) -> int:
+        """Images waiting for their frame set to be decided."""
+        return sum(len(q) for q in self._queues.values())
+
     def push(self, message: CameraMessage) -> Iterator[Grouped]:
         if message.camera not in self._queues:
             raise ValueError(f"image of camera {message.camera!r}, not one of {', '.join(self.cameras)}")

@@ -1,0 +1,103 @@
+"""Reading recordings: the synthetic drive's MCAP (ROS 2 CDR, Foxglove JSON and protobuf images) and rosbag2 folders
+(sqlite3 and mcap storage) give back frame sets equal to the rendered JPEGs; topics by name or given; windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bev_service.errors import RecordingError
+from bev_service.recordings import FrameSet, group_frame_sets, iter_camera_messages, open_recording, parse_topic_map
+from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap, write_rosbag2
+
+TOLERANCE_NS = 20_000_000
+
+
+def frame_sets(path: Path, topic_map: dict[str, str] | None = None) -> list[FrameSet]:
+    recording = open_recording(path, CAMERAS, topic_map)
+    grouped = list(group_frame_sets(iter_camera_messages(recording), CAMERAS, tolerance_ns=TOLERANCE_NS))
+    assert all(isinstance(g, FrameSet) for g in grouped), [g for g in grouped if not isinstance(g, FrameSet)]
+    return grouped  # type: ignore[return-value]
+
+
+def assert_is_the_drive(sets: list[FrameSet], drive: Drive) -> None:
+    assert [s.time_ns for s in sets] == [drive.stamp_ns(i) for i in range(FRAMES)]
+    for index, frame_set in enumerate(sets):
+        assert list(frame_set.images) == list(CAMERAS)
+        for camera, message in frame_set.images.items():
+            assert message.data == drive.jpegs[index][camera], (index, camera)
+            assert message.capture_time_ns == drive.stamp_ns(index) and message.format == "jpeg"
+
+
+def test_synth_mcap_reads_back_as_the_rendered_jpegs(drive: Drive) -> None:
+    recording = open_recording(drive.mcap, CAMERAS)
+    assert recording.kind == "mcap" and recording.name == "drive"
+    assert recording.topics == {c: f"/cam/{c}/compressed" for c in CAMERAS}
+    assert recording.message_counts == dict.fromkeys(CAMERAS, FRAMES)
+    messages = list(iter_camera_messages(recording))
+    # bev synth logs each camera a millisecond after the one before it: capture time is the stamp, not the log time
+    assert {m.log_time_ns - m.capture_time_ns for m in messages} == {1_000_000, 2_000_000, 3_000_000, 4_000_000}
+    assert_is_the_drive(frame_sets(drive.mcap), drive)
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+def test_foxglove_compressed_images_read_back(drive: Drive, tmp_path: Path, encoding: str) -> None:
+    path = write_mcap(tmp_path / f"{encoding}.mcap", drive_images(drive), encoding=encoding)
+    assert_is_the_drive(frame_sets(path), drive)
+
+
+def test_the_mcap_reads_with_rosbags_too(drive: Drive) -> None:
+    """The ROS 2 schema and CDR that bev writes are what the rosbags MCAP reader expects, not only the mcap package."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([drive.mcap]) as reader:
+        connections = [c for c in reader.connections if c.topic == "/cam/front/compressed"]
+        decoded = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(connections=connections)]
+    assert [bytes(m.data) for m in decoded] == [frames["front"] for frames in drive.jpegs]
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in decoded] == [drive.stamp_ns(i) for i in range(FRAMES)]
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_rosbag2_folders_read_back(drive: Drive, tmp_path: Path, storage: str) -> None:
+    bag = write_rosbag2(tmp_path / f"bag_{storage}", drive_images(drive), storage=storage)
+    recording = open_recording(bag, CAMERAS)
+    assert recording.kind == "rosbag2" and recording.name == f"bag_{storage}"
+    assert recording.message_counts == dict.fromkeys(CAMERAS, FRAMES)
+    assert_is_the_drive(frame_sets(bag), drive)
+
+
+def test_topics_given_explicitly_or_found_by_name(drive: Drive, tmp_path: Path) -> None:
+    path = write_mcap(tmp_path / "named.mcap", drive_images(drive), topic="/vehicle/{camera}_fisheye/image/compressed")
+    found = open_recording(path, CAMERAS).topics
+    assert found == {c: f"/vehicle/{c}_fisheye/image/compressed" for c in CAMERAS}
+    given = parse_topic_map("front=/vehicle/rear_fisheye/image/compressed, rear=/vehicle/front_fisheye/image/compressed")
+    swapped = open_recording(path, CAMERAS, given).topics
+    assert swapped["front"] == "/vehicle/rear_fisheye/image/compressed" and swapped["left"] == found["left"]
+    sets = frame_sets(path, given)
+    assert sets[0].images["front"].data == drive.jpegs[0]["rear"]
+
+
+def test_an_ambiguous_or_missing_camera_topic_is_an_error_naming_it(drive: Drive, tmp_path: Path) -> None:
+    images = drive_images(drive)
+    both = write_mcap(tmp_path / "both.mcap", [*images, ("front_wide", images[0][1], images[0][2])])
+    with pytest.raises(RecordingError, match=r"camera 'front' \(2 match: /cam/front/compressed, /cam/front_wide/compressed"):
+        open_recording(both, CAMERAS)
+    assert open_recording(both, CAMERAS, {"front": "/cam/front/compressed"}).topics["front"] == "/cam/front/compressed"
+    three = write_mcap(tmp_path / "three.mcap", [i for i in images if i[0] != "rear"])
+    with pytest.raises(RecordingError, match=r"three\.mcap: no single image topic for camera 'rear' \(none matches"):
+        open_recording(three, CAMERAS)
+    with pytest.raises(RecordingError, match=r"topic '/nope' is not an image topic"):
+        open_recording(drive.mcap, CAMERAS, {"rear": "/nope"})
+    with pytest.raises(RecordingError, match=r"'side', not a camera of the rig"):
+        open_recording(drive.mcap, CAMERAS, {"side": "/cam/front/compressed"})
+    with pytest.raises(RecordingError, match="expected CAMERA=TOPIC"):
+        parse_topic_map("front")
+
+
+def test_a_log_time_window_reads_only_its_messages(drive: Drive) -> None:
+    recording = open_recording(drive.mcap, CAMERAS)
+    start, end = drive.stamp_ns(1), drive.stamp_ns(2)
+    messages = list(iter_camera_messages(recording, start, end))
+    assert len(messages) == 4 and {m.capture_time_ns for m in messages} == {drive.stamp_ns(1)}
+    assert all(start <= m.log_time_ns < end for m in messages)
