@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +64,16 @@ def recording_kind(path: Path) -> Kind:
     try:
         with path.open("rb") as f:
             magic = f.read(len(MCAP_MAGIC))
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - len(MCAP_MAGIC)))
+            tail = f.read()
     except OSError as exc:
         raise RecordingError(f"{path}: cannot read the recording: {exc.strerror or exc}") from exc
     if magic != MCAP_MAGIC:
         raise RecordingError(f"{path}: not an MCAP file (it does not start with the MCAP magic) nor a rosbag2 folder")
+    # A complete MCAP ends with the magic too (after its footer): one cut off while it was written does not.
+    if size < 2 * len(MCAP_MAGIC) or tail != MCAP_MAGIC:
+        raise RecordingError(f"{path}: truncated MCAP ({size} bytes; it does not end with the MCAP magic after a footer)")
     return "mcap"
 
 
@@ -127,7 +134,7 @@ def _mcap_scan(path: Path) -> tuple[dict[str, str], dict[str, int], int, int]:
     counts: dict[str, int] = {}
     start, end = 0, 0
     with path.open("rb") as f:
-        for schema, channel, message in NonSeekingReader(f).iter_messages():
+        for schema, channel, message in NonSeekingReader(f, validate_crcs=True).iter_messages():
             topics[channel.topic] = schema.name if schema is not None else ""
             counts[channel.topic] = counts.get(channel.topic, 0) + 1
             start = message.log_time if not start else min(start, message.log_time)
@@ -165,7 +172,7 @@ def _iter_mcap(recording: Recording, start_ns: int | None, end_ns: int | None) -
     ros_decoders = DecoderFactory()
     decoders: dict[int, Any] = {}
     with recording.path.open("rb") as f:
-        reader = make_reader(f)
+        reader = make_reader(f, validate_crcs=True)  # a damaged chunk fails here, not as a wrong image
         for schema, channel, message in reader.iter_messages(
             topics=list(camera_of), starting_at=start_ns, ending_before=end_ns, log_time_order=True
         ):

@@ -1,0 +1,94 @@
+"""replay_shard: a recording's frame sets through the pipeline, the same grids as the pipeline run on the rendered
+JPEGs; time windows split a recording into shards that add up to it; skipped frame sets come with their reasons;
+malformed recordings give a RecordingError naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bev_service.errors import RecordingError
+from bev_service.geometry.projector import BevProjector
+from bev_service.geometry.rig import Rig
+from bev_service.recordings import iter_camera_messages, open_recording, replay_shard
+from bev_service.runtime.pipeline import STAGES, BevPipeline
+from bev_service.runtime.torch_backend import TorchSegmenter
+from tests.networks import TINY, one_torch_thread, tiny_model
+from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap
+
+__all__ = ["one_torch_thread"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(rig: Rig, projector: BevProjector) -> Iterator[BevPipeline]:
+    pipeline = BevPipeline(rig, TorchSegmenter(tiny_model(), TINY, device="cpu"), projector=projector, encoder=None)
+    yield pipeline
+    pipeline.close()
+
+
+def test_a_whole_recording_gives_the_grids_of_its_frame_sets(drive: Drive, pipeline: BevPipeline) -> None:
+    shard = replay_shard(open_recording(drive.mcap, CAMERAS), None, None, pipeline)
+    assert shard.skipped == []
+    assert [f.time_ns for f in shard.frame_sets] == [drive.stamp_ns(i) for i in range(FRAMES)]
+    for index, replayed in enumerate(shard.frame_sets):
+        np.testing.assert_array_equal(replayed.grid, pipeline.run(drive.jpegs[index]).grid)
+        assert replayed.capture_time_ns == dict.fromkeys(CAMERAS, drive.stamp_ns(index))
+        assert set(replayed.timings_ms) == {*STAGES, "total"}
+
+
+def test_time_windows_split_a_recording_into_shards(drive: Drive, pipeline: BevPipeline) -> None:
+    recording = open_recording(drive.mcap, CAMERAS)
+    cut = drive.stamp_ns(1) + 1  # frame set 1 begins before it: it belongs to the first shard only
+    first = replay_shard(recording, None, cut, pipeline)
+    second = replay_shard(recording, cut, drive.stamp_ns(FRAMES), pipeline)
+    assert [f.time_ns for f in first.frame_sets] == [drive.stamp_ns(0), drive.stamp_ns(1)]
+    assert [f.time_ns for f in second.frame_sets] == [drive.stamp_ns(2)]
+    assert first.skipped == second.skipped == []
+    whole = replay_shard(recording, drive.stamp_ns(0), drive.stamp_ns(FRAMES), pipeline)
+    for a, b in zip(whole.frame_sets, first.frame_sets + second.frame_sets, strict=True):
+        np.testing.assert_array_equal(a.grid, b.grid)
+
+
+def test_jittered_missing_and_broken_cameras_skip_exactly_their_frame_sets(
+    drive: Drive, pipeline: BevPipeline, tmp_path: Path
+) -> None:
+    images = drive_images(drive, {(1, "rear"): 45.0})
+    path = write_mcap(tmp_path / "jitter.mcap", images)
+    shard = replay_shard(open_recording(path, CAMERAS), None, None, pipeline)
+    assert [f.time_ns for f in shard.frame_sets] == [drive.stamp_ns(0), drive.stamp_ns(2)]
+    [skipped] = shard.skipped
+    assert skipped.time_ns == drive.stamp_ns(1) and skipped.out_of_tolerance == {"rear": 45.0}
+
+    broken = [(c, t, b"not a jpeg" if (c, t) == ("left", drive.stamp_ns(2)) else data) for c, t, data in drive_images(drive)]
+    shard = replay_shard(open_recording(write_mcap(tmp_path / "broken.mcap", broken), CAMERAS), None, None, pipeline)
+    assert [f.time_ns for f in shard.frame_sets] == [drive.stamp_ns(0), drive.stamp_ns(1)]
+    [skipped] = shard.skipped
+    assert skipped.time_ns == drive.stamp_ns(2) and "camera 'left'" in skipped.reason
+
+
+def test_malformed_recordings_name_the_file(drive: Drive, tmp_path: Path) -> None:
+    data = drive.mcap.read_bytes()
+    truncated = tmp_path / "truncated.mcap"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RecordingError, match=r"truncated\.mcap: truncated MCAP"):
+        open_recording(truncated, CAMERAS)
+    text = tmp_path / "notes.mcap"
+    text.write_text("not a recording\n")
+    with pytest.raises(RecordingError, match=r"notes\.mcap: not an MCAP file"):
+        open_recording(text, CAMERAS)
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(data[:3000] + bytes(100) + data[3100:])
+    with pytest.raises(RecordingError, match=r"damaged\.mcap: unreadable recording .*crc"):
+        list(iter_camera_messages(open_recording(damaged, CAMERAS)))
+    with pytest.raises(RecordingError, match=r"folder, but not a rosbag2 recording"):
+        open_recording(tmp_path, CAMERAS)
+    with pytest.raises(RecordingError, match=r"absent\.mcap: cannot read the recording"):
+        open_recording(tmp_path / "absent.mcap", CAMERAS)
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 9}\n")
+    with pytest.raises(RecordingError, match=r"bag: unreadable recording"):
+        open_recording(bag, CAMERAS)
