@@ -9,6 +9,8 @@ bev synth --count 3 --seed 1 --contact-sheet docs/synth/contact_sheet.png
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from bev_service.recordings.mcap_out import IMAGE_ENCODINGS, CameraRecordingWrit
 from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth.contact_sheet import contact_sheet
 from bev_service.synth.dataset import iter_frame_sets, world_seed, write_dataset, write_drive
-from bev_service.synth.drive import DrivePlan, iter_drive
+from bev_service.synth.drive import DriveFrame, DrivePlan, iter_drive
 from bev_service.synth.render import RenderedFrameSet
 from bev_service.synth.world import SyntheticWorld
 
@@ -130,19 +132,22 @@ def run(args: argparse.Namespace) -> int:
     rig_path = args.rig or str(DEFAULT_RIG.relative_to(DEFAULT_RIG.parents[2]))
     rig = load_rig(args.rig or DEFAULT_RIG)
     plan = _drive_plan(args) if args.drive else None
-    total = plan.frames if plan is not None else (args.count or 0)
-    if args.out is not None:
-        with tqdm(total=total, desc="bev synth", unit="frame set", disable=args.no_progress) as bar:
-            if plan is not None:
-                write_drive(args.out, rig, rig_path, plan, seed=args.seed, scale=args.scale, progress=bar.update)
+    if plan is not None and (args.out is not None or args.mcap is not None):
+        encoding: ImageEncoding = args.mcap_encoding or "ros2"
+        with (
+            tqdm(total=plan.frames, desc="bev synth", unit="frame set", disable=args.no_progress) as bar,
+            drive_recorder(args.mcap, rig, plan, seed=args.seed, scale=args.scale, encoding=encoding) as record,
+        ):
+            if args.out is not None:
+                write_drive(args.out, rig, rig_path, plan, seed=args.seed, scale=args.scale, progress=bar.update, on_frame=record)
             else:
-                write_dataset(args.out, rig, rig_path, count=args.count, seed=args.seed, scale=args.scale, progress=bar.update)
-    if args.mcap is not None:
-        assert plan is not None  # check_args: --mcap needs --drive
-        with tqdm(total=plan.frames, desc="bev synth --mcap", unit="frame set", disable=args.no_progress) as bar:
-            write_drive_mcap(
-                args.mcap, rig, plan, seed=args.seed, scale=args.scale, encoding=args.mcap_encoding or "ros2", progress=bar.update
-            )
+                world = SyntheticWorld(world_seed(args.seed, 0))  # the world write_drive renders
+                for frame in iter_drive(rig, world, plan, seed=args.seed, scale=args.scale):
+                    record(frame)
+                    bar.update(1)
+    elif args.out is not None:
+        with tqdm(total=args.count, desc="bev synth", unit="frame set", disable=args.no_progress) as bar:
+            write_dataset(args.out, rig, rig_path, count=args.count, seed=args.seed, scale=args.scale, progress=bar.update)
     if args.contact_sheet is not None:
         frame_sets = _sheet_frame_sets(rig, args, plan)
         args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
@@ -150,34 +155,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_drive_mcap(
-    path: Path, rig: Rig, plan: DrivePlan, *, seed: int, scale: float, encoding: ImageEncoding, progress: Any = None
-) -> None:
-    """The drive that ``write_drive`` renders, as a recording: frame set k's images stamped DRIVE_EPOCH_NS + k / fps,
-    each camera logged a millisecond after the one before it (as a transport would deliver them). Written beside its
-    name and renamed into place: the file exists only once complete."""
+@contextmanager
+def drive_recorder(
+    path: Path | None, rig: Rig, plan: DrivePlan, *, seed: int, scale: float, encoding: ImageEncoding
+) -> Iterator[Callable[[DriveFrame], None]]:
+    """A function that records each frame set of a drive into the MCAP ``path`` (nothing when None): frame set k's
+    images stamped DRIVE_EPOCH_NS + k / fps, each camera logged a millisecond after the one before it (as a transport
+    would deliver them). Written beside its name and renamed into place once complete."""
+    if path is None:
+        yield lambda frame: None
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    world = SyntheticWorld(world_seed(seed, 0))
     with CameraRecordingWriter(partial, encoding=encoding) as writer:
-        writer.writer.add_metadata(
-            "bev.synth",
-            {
-                "rig_id": rig.rig_id,
-                "rig_fingerprint": rig.fingerprint,
-                "seed": str(seed),
-                "scale": str(scale),
-                "frames": str(plan.frames),
-                "fps": str(plan.fps),
-                "speed_mps": str(plan.speed_mps),
-            },
-        )
-        for frame in iter_drive(rig, world, plan, seed=seed, scale=scale):
+        provenance = {"rig_id": rig.rig_id, "rig_fingerprint": rig.fingerprint, "seed": seed, "scale": scale,
+                      "frames": plan.frames, "fps": plan.fps, "speed_mps": plan.speed_mps}  # fmt: skip
+        writer.writer.add_metadata("bev.synth", {k: str(v) for k, v in provenance.items()})
+
+        def record(frame: DriveFrame) -> None:
             stamp_ns = DRIVE_EPOCH_NS + round(frame.timestamp_s * 1e9)
             for i, name in enumerate(frame.frame_set.camera_names):
                 writer.write_image(name, stamp_ns, frame.frame_set.jpeg[name], log_time_ns=stamp_ns + (i + 1) * 1_000_000)
-            if progress is not None:
-                progress(1)
+
+        yield record
     partial.replace(path)
 
 
