@@ -24,6 +24,8 @@ from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 
 log = logging.getLogger(__name__)
 
+MAX_REASONS = 20  # skipped frame sets listed one by one in the summary, per recording
+
 
 class ReplayArgumentError(BevError):
     """Options of ``bev replay`` that do not fit together."""
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline.close()
     for summary in summaries:
         print(summary_line(summary, args.out, args.format))
+    if len(summaries) > 1:
+        print(total_line(summaries))
     return 1 if any(s.error for s in summaries) else 0
 
 
@@ -104,5 +108,13 @@ def summary_line(summary: RecordingSummary, out: Path, fmt: str) -> str:
     if summary.already_written:
         text += f", {summary.already_written} already written"
     text += f", {len(summary.skipped)} skipped"
-    reasons = [f"  skipped {s.time_ns / 1e9:.3f} s: {s.reason}" for s in summary.skipped]
+    reasons = [f"  skipped {s.time_ns / 1e9:.3f} s: {s.reason}" for s in summary.skipped[:MAX_REASONS]]
+    if len(summary.skipped) > MAX_REASONS:
+        reasons.append(f"  ... and {len(summary.skipped) - MAX_REASONS} more skipped")
     return "\n".join([text, *reasons])
+
+
+def total_line(summaries: list[RecordingSummary]) -> str:
+    failed = sum(1 for s in summaries if s.error)
+    written, skipped = sum(s.written for s in summaries), sum(len(s.skipped) for s in summaries)
+    return f"{len(summaries)} recordings: {written} frame sets written, {skipped} skipped, {failed} failed"

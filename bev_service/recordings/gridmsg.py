@@ -18,6 +18,8 @@ OccupancyGrid values (int8; ROS reads 0..100 as occupancy, -1 as unknown), exact
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -28,12 +30,13 @@ OCCUPANCY_EGO = 100
 OCCUPANCY_UNKNOWN = -1
 
 
-def message_cells(bev: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """(cols, rows) cells in message order (row j along y, column i along x) from a (rows, cols) BEV grid."""
+def message_cells(bev: NDArray[Any]) -> NDArray[Any]:
+    """(cols, rows) cells in message order (row j along y, column i along x) from a (rows, cols) BEV grid (of BEV
+    values, or of OccupancyGrid values)."""
     return np.ascontiguousarray(bev[::-1, ::-1].T)
 
 
-def bev_from_message_cells(cells: NDArray[np.generic]) -> NDArray[np.generic]:
+def bev_from_message_cells(cells: NDArray[Any]) -> NDArray[Any]:
     """The inverse of ``message_cells``."""
     return np.ascontiguousarray(cells.T[::-1, ::-1])
 

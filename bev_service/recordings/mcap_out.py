@@ -153,7 +153,7 @@ class BevMcapWriter(_McapFile):
         cell = self.rig.grid.cell_size_m
         grid = foxglove.grid_json(time_ns, VEHICLE_FRAME_ID, self._origin, cell, gridmsg.coloured_cells(bev))
         self.json_message(GRID_TOPIC, foxglove.GRID, time_ns, grid)
-        values = gridmsg.message_cells(gridmsg.occupancy_from_bev(bev).view(np.uint8)).view(np.int8)
+        values = gridmsg.message_cells(gridmsg.occupancy_from_bev(bev))
         self.ros_message(
             OCCUPANCY_TOPIC, ros.occupancy_grid(time_ns, VEHICLE_FRAME_ID, self.rig.grid, self._origin, values), time_ns
         )

@@ -9,6 +9,7 @@ calls it; ``replay_recordings`` runs whole recordings into outputs on this machi
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from bev_service.imageio import encode_label_png
 from bev_service.recordings.mcap_out import BevMcapWriter
 from bev_service.recordings.parquet_out import BevParquetWriter
 from bev_service.recordings.sources import Recording, iter_camera_messages, open_recording
-from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, SkippedFrameSet, group_frame_sets
+from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, FrameSetGrouper, SkippedFrameSet
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,41 @@ def iter_shard(
     slack = horizon_ns + round(tolerance_ms * 1e6)
     start = None if t0_ns is None else max(0, t0_ns - slack)
     end = None if t1_ns is None else t1_ns + slack
-    messages = iter_camera_messages(recording, start, end)
-    for grouped in group_frame_sets(
-        messages, pipeline.rig.camera_names, tolerance_ns=round(tolerance_ms * 1e6), horizon_ns=horizon_ns
-    ):
-        if (t0_ns is not None and grouped.time_ns < t0_ns) or (t1_ns is not None and grouped.time_ns >= t1_ns):
-            continue
-        if isinstance(grouped, SkippedFrameSet):
-            yield grouped
-        elif done is None or not done(grouped.time_ns):
-            yield _replayed(grouped, pipeline)
+    grouper = FrameSetGrouper(pipeline.rig.camera_names, tolerance_ns=round(tolerance_ms * 1e6), horizon_ns=horizon_ns)
+    for message in iter_camera_messages(recording, start, end):
+        for grouped in grouper.push(message):
+            yield from _in_window(grouped, t0_ns, t1_ns, pipeline, done)
+    for grouped in grouper.finish():
+        yield from _in_window(grouped, t0_ns, t1_ns, pipeline, done)
+    if grouper.late:
+        log.warning("%s: %d images came after their frame set was decided, dropped", recording.path, grouper.late)
+
+
+def _in_window(
+    grouped: FrameSet | SkippedFrameSet,
+    t0_ns: int | None,
+    t1_ns: int | None,
+    pipeline: BevPipeline,
+    done: Callable[[int], bool] | None,
+) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
+    if (t0_ns is not None and grouped.time_ns < t0_ns) or (t1_ns is not None and grouped.time_ns >= t1_ns):
+        return
+    if isinstance(grouped, SkippedFrameSet):
+        yield grouped
+    elif done is None or not done(grouped.time_ns):
+        yield _replayed(grouped, pipeline)
+
+
+def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None, int | None]]:
+    """[t0_ns, t1_ns) windows of about ``seconds`` over the recording's span, for ``replay_shard``: the first opens
+    at None and the last closes at None, so that every frame set falls in exactly one window whatever its capture
+    time (stamps need not agree with the log times the span is measured in)."""
+    if not seconds > 0:
+        raise ValueError(f"a window lasts a positive number of seconds, got {seconds}")
+    span_ns = max(0, recording.end_ns - recording.start_ns)
+    count = max(1, math.ceil(span_ns / (seconds * 1e9)))
+    cuts = [recording.start_ns + round(i * span_ns / count) for i in range(1, count)]
+    return list(zip([None, *cuts], [*cuts, None], strict=True))
 
 
 def _replayed(frame_set: FrameSet, pipeline: BevPipeline) -> ReplayedFrameSet | SkippedFrameSet:

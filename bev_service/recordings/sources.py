@@ -197,6 +197,8 @@ def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> 
     where = f"{path}: topic {channel.topic!r}"
     if name == ros.COMPRESSED_IMAGE and channel.message_encoding == ros.CDR_ENCODING:
         decode = ros_decoders.decoder_for(channel.message_encoding, schema)
+        if decode is None:
+            raise RecordingError(f"{where}: a {name} schema in {schema.encoding!r}, not the ros2msg this reads")
 
         def from_ros(data: bytes) -> tuple[int, bytes, str]:
             msg = decode(data)

@@ -91,6 +91,7 @@ def test_the_summary_names_skipped_frame_sets_and_their_reasons(
         "  skipped 1700000000.100 s: out of tolerance rear (+45.0 ms)",
         f"{bag}: 2 frame sets written (parquet), 1 skipped",
         "  skipped 1700000000.200 s: missing left",
+        "2 recordings: 4 frame sets written, 2 skipped, 0 failed",
     ]
     assert pq.read_table(tmp_path / "out" / "bag.parquet").num_rows == 2
     # A wider tolerance takes the jittered frame set in.
@@ -112,6 +113,7 @@ def test_malformed_recordings_are_named_and_the_others_complete(
     assert lines[1].startswith(f"{text}: FAILED: {text}: not an MCAP file")
     assert lines[2] == f"{drive.mcap}: 3 frame sets written (mcap), 0 skipped"
     assert lines[3].startswith(f"{three}: FAILED: {three}: no single image topic for camera 'rear'")
+    assert lines[4:] == ["4 recordings: 3 frame sets written, 0 skipped, 3 failed"]
     assert sorted(p.name for p in out.iterdir()) == ["drive.mcap"]
     assert len(mcap_grids(out / "drive.mcap")) == FRAMES
 

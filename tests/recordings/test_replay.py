@@ -4,6 +4,8 @@ malformed recordings give a RecordingError naming the file."""
 
 from __future__ import annotations
 
+import itertools
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from bev_service.errors import RecordingError
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.recordings import iter_camera_messages, open_recording, replay_shard
+from bev_service.recordings import iter_camera_messages, open_recording, replay_shard, time_windows
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 from bev_service.runtime.torch_backend import TorchSegmenter
 from tests.networks import TINY, one_torch_thread, tiny_model
@@ -50,6 +52,18 @@ def test_time_windows_split_a_recording_into_shards(drive: Drive, pipeline: BevP
     whole = replay_shard(recording, drive.stamp_ns(0), drive.stamp_ns(FRAMES), pipeline)
     for a, b in zip(whole.frame_sets, first.frame_sets + second.frame_sets, strict=True):
         np.testing.assert_array_equal(a.grid, b.grid)
+
+
+def test_time_windows_cover_a_recording_once(drive: Drive, pipeline: BevPipeline) -> None:
+    recording = pickle.loads(pickle.dumps(open_recording(drive.mcap, CAMERAS)))  # as it would travel to a worker
+    windows = time_windows(recording, 0.07)
+    assert len(windows) == 3 and windows[0][0] is None and windows[-1][1] is None
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    shards = [replay_shard(recording, t0, t1, pipeline) for t0, t1 in windows]
+    assert [f.time_ns for s in shards for f in s.frame_sets] == [drive.stamp_ns(i) for i in range(FRAMES)]
+    assert time_windows(recording, 3600.0) == [(None, None)]
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        time_windows(recording, 0.0)
 
 
 def test_jittered_missing_and_broken_cameras_skip_exactly_their_frame_sets(

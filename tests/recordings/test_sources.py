@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bev_service.errors import RecordingError
 from bev_service.recordings import FrameSet, group_frame_sets, iter_camera_messages, open_recording, parse_topic_map
+from bev_service.recordings.mcap_out import CameraRecordingWriter
 from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap, write_rosbag2
 
 TOLERANCE_NS = 20_000_000
@@ -101,3 +104,35 @@ def test_a_log_time_window_reads_only_its_messages(drive: Drive) -> None:
     messages = list(iter_camera_messages(recording, start, end))
     assert len(messages) == 4 and {m.capture_time_ns for m in messages} == {drive.stamp_ns(1)}
     assert all(start <= m.log_time_ns < end for m in messages)
+
+
+def test_an_unset_stamp_falls_back_to_the_log_time(tmp_path: Path) -> None:
+    path = tmp_path / "unstamped.mcap"
+    with CameraRecordingWriter(path) as writer:
+        for k, camera in enumerate(CAMERAS):
+            writer.write_image(camera, 0, b"jpeg", log_time_ns=5_000_000_000 + k * 1_000_000)
+    messages = list(iter_camera_messages(open_recording(path, CAMERAS)))
+    assert [m.capture_time_ns for m in messages] == [5_000_000_000 + k * 1_000_000 for k in range(4)]
+    [frame_set] = group_frame_sets(messages, CAMERAS, tolerance_ns=TOLERANCE_NS)
+    assert isinstance(frame_set, FrameSet) and frame_set.time_ns == 5_000_000_000
+
+
+def test_reading_streams_a_long_recording(tmp_path: Path) -> None:
+    """80 MB of images (incompressible; 20 s at 10 Hz) go through in a few MB: a chunk and about a second of frame
+    sets (4 MB here) at a time."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "long.mcap"
+    with CameraRecordingWriter(path) as writer:
+        for index in range(200):
+            for camera in CAMERAS:
+                writer.write_image(camera, 10**18 + index * 100_000_000, rng.bytes(100_000))
+    assert path.stat().st_size > 80e6
+    recording = open_recording(path, CAMERAS)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in group_frame_sets(iter_camera_messages(recording), CAMERAS, tolerance_ns=TOLERANCE_NS))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 200
+    assert peak < 16e6, f"peak {peak / 1e6:.1f} MB"
