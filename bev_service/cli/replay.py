@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import BevError
-from bev_service.recordings.replay import FORMATS, RecordingSummary, replay_recordings
+from bev_service.recordings.outputs import FORMATS
+from bev_service.recordings.replay import RecordingSummary, replay_recordings
 from bev_service.recordings.sources import Recording
 from bev_service.recordings.sync import DEFAULT_TOLERANCE_MS
 from bev_service.recordings.topics import parse_topic_map

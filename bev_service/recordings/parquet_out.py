@@ -4,7 +4,8 @@ Columns: ``drive`` (string), ``time_ns`` (the frame set's time, int64), ``captur
 camera, in rig order), ``rig_id``, ``rig_fingerprint``, ``model_sha256`` (strings), ``timings_ms`` (struct: one
 float64 per pipeline stage and ``total``), ``grid`` (``arrow.fixed_shape_tensor``, uint8, shape (rows, cols), the BEV
 grid as ``bev_service.geometry.grid`` lays it out). The schema's metadata holds the grid's metadata and the class
-table as JSON (keys ``bev.grid``, ``bev.classes``). Read it back with::
+table as JSON (keys ``bev.grid``, ``bev.classes``), the rig's fingerprint and the model's hash (``bev.rig_fingerprint``,
+``bev.model_sha256``). Read it back with::
 
     table = pyarrow.parquet.read_table(path)
     grids = table.column("grid").combine_chunks().to_numpy_ndarray()   # (frame sets, rows, cols) uint8
@@ -26,7 +27,7 @@ from bev_service.geometry.rig import Rig
 ROWS_PER_GROUP = 64
 
 
-def schema(rig: Rig, stages: Sequence[str]) -> Any:
+def schema(rig: Rig, stages: Sequence[str], model_sha256: str = "") -> Any:
     import pyarrow as pa
 
     return pa.schema(
@@ -40,7 +41,12 @@ def schema(rig: Rig, stages: Sequence[str]) -> Any:
             pa.field("timings_ms", pa.struct([pa.field(s, pa.float64()) for s in stages])),
             pa.field("grid", pa.fixed_shape_tensor(pa.uint8(), list(rig.grid.shape))),
         ],
-        metadata={"bev.grid": json.dumps(rig.grid.metadata()), "bev.classes": json.dumps(class_table())},
+        metadata={
+            "bev.grid": json.dumps(rig.grid.metadata()),
+            "bev.classes": json.dumps(class_table()),
+            "bev.rig_fingerprint": rig.fingerprint,
+            "bev.model_sha256": model_sha256,
+        },
     )
 
 
@@ -52,7 +58,7 @@ class BevParquetWriter:
 
         self.rig, self.drive, self.model_sha256 = rig, drive, model_sha256
         self.stages = (*stages, "total")
-        self.schema = schema(rig, self.stages)
+        self.schema = schema(rig, self.stages, model_sha256)
         self._writer = pq.ParquetWriter(str(path), self.schema)
         self._rows: list[tuple[int, Mapping[str, int], Mapping[str, float], NDArray[np.uint8]]] = []
 

@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bev_service.classes import palette
 from bev_service.errors import FrameError, RecordingError
-from bev_service.imageio import encode_label_png
-from bev_service.recordings.mcap_out import BevMcapWriter
-from bev_service.recordings.parquet_out import BevParquetWriter
+from bev_service.recordings.outputs import OutputFormat, Provenance, output_for
 from bev_service.recordings.sources import Recording, iter_camera_messages, open_recording
 from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, FrameSetGrouper, SkippedFrameSet
-from bev_service.runtime.pipeline import STAGES, BevPipeline
+from bev_service.runtime.pipeline import BevPipeline
 
 log = logging.getLogger(__name__)
-
-OutputFormat = Literal["mcap", "parquet", "png"]
-FORMATS: tuple[OutputFormat, ...] = ("mcap", "parquet", "png")
-PARTIAL = ".partial"
 
 
 @dataclass(frozen=True)
@@ -64,7 +55,8 @@ def iter_shard(
 ) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
     """The frame sets of [t0_ns, t1_ns) (None: open), replayed or skipped, in time order, streamed. Frame sets for
     which ``done(time_ns)`` holds are passed over without running the network. Images are read from ``horizon_ns``
-    (log time) either side of the window, so that the frame sets at its edges are complete."""
+    (log time) either side of the window, so that the frame sets at its edges are complete (when images are logged
+    within ``horizon_ns`` of their capture)."""
     slack = horizon_ns + round(tolerance_ms * 1e6)
     start = None if t0_ns is None else max(0, t0_ns - slack)
     end = None if t1_ns is None else t1_ns + slack
@@ -133,105 +125,6 @@ def replay_shard(
     return shard
 
 
-# --- outputs -------------------------------------------------------------------------------------
-
-
-class _Output:
-    """Where one recording's results go. ``done`` says which frame sets an earlier run wrote already."""
-
-    complete = False
-
-    def done(self, time_ns: int) -> bool:
-        return False
-
-    def write(self, item: ReplayedFrameSet) -> None:
-        raise NotImplementedError
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class _FileOutput(_Output):
-    """One file per recording, written beside its name and renamed into place when complete: a file that exists is
-    complete, and a run cut short leaves only a ``.partial`` that the next run starts over."""
-
-    def __init__(self, path: Path, open_writer: Callable[[Path], Any]) -> None:
-        self.path, self._partial = path, path.with_name(path.name + PARTIAL)
-        self.complete = path.exists()
-        self._open, self._writer = open_writer, None
-
-    def write(self, item: ReplayedFrameSet) -> None:
-        if self._writer is None:
-            self._writer = self._open(self._partial)
-        self._put(self._writer, item)
-
-    def _put(self, writer: Any, item: ReplayedFrameSet) -> None:
-        raise NotImplementedError
-
-    def commit(self) -> None:
-        if self._writer is None:
-            log.warning("%s: no frame set to write", self.path)
-            return
-        self._writer.close()
-        os.replace(self._partial, self.path)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # a half-written file is removed whatever state its writer is in
-                log.debug("closing %s after a failure", self._partial, exc_info=True)
-        self._partial.unlink(missing_ok=True)
-
-
-class McapOutput(_FileOutput):
-    def __init__(self, path: Path, pipeline: BevPipeline, model_sha256: str) -> None:
-        super().__init__(path, lambda p: BevMcapWriter(p, pipeline.rig, metadata={"model_sha256": model_sha256}))
-
-    def _put(self, writer: Any, item: ReplayedFrameSet) -> None:
-        writer.write_grid(item.time_ns, item.grid)
-
-
-class ParquetOutput(_FileOutput):
-    def __init__(self, path: Path, pipeline: BevPipeline, model_sha256: str, drive: str) -> None:
-        super().__init__(path, lambda p: BevParquetWriter(p, pipeline.rig, drive=drive, model_sha256=model_sha256, stages=STAGES))
-
-    def _put(self, writer: Any, item: ReplayedFrameSet) -> None:
-        writer.write(item.time_ns, item.capture_time_ns, item.timings_ms, item.grid)
-
-
-class PngOutput(_Output):
-    """A palette PNG of class ids per frame set (``DIR/<drive>/<time_ns>.png``), each written whole or not at all."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._colours = palette()
-
-    def _path(self, time_ns: int) -> Path:
-        return self.folder / f"{time_ns:019d}.png"
-
-    def done(self, time_ns: int) -> bool:
-        return self._path(time_ns).exists()
-
-    def write(self, item: ReplayedFrameSet) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(item.time_ns)
-        partial = path.with_name(path.name + PARTIAL)
-        partial.write_bytes(encode_label_png(item.grid, self._colours))
-        os.replace(partial, path)
-
-
-def output_for(fmt: OutputFormat, out: Path, drive: str, pipeline: BevPipeline, model_sha256: str) -> _Output:
-    if fmt == "mcap":
-        return McapOutput(out / f"{drive}.mcap", pipeline, model_sha256)
-    if fmt == "parquet":
-        return ParquetOutput(out / f"{drive}.parquet", pipeline, model_sha256, drive)
-    if fmt == "png":
-        return PngOutput(out / drive)
-    raise ValueError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-
-
 # --- whole recordings ----------------------------------------------------------------------------
 
 
@@ -289,7 +182,8 @@ def _replay_one(
     recording = open_recording(summary.path, pipeline.rig.camera_names, topic_map)
     if on_open is not None:
         on_open(recording)
-    output = output_for(fmt, out, recording.name, pipeline, model_sha256)
+    provenance = Provenance(model_sha256=model_sha256, rig_fingerprint=pipeline.rig.fingerprint)
+    output = output_for(fmt, out, recording.name, pipeline.rig, provenance)
     if output.complete:
         summary.already_written = -1
         log.info("%s: already written, skipped", recording.name)
@@ -308,7 +202,7 @@ def _replay_one(
             if isinstance(item, SkippedFrameSet):
                 summary.skipped.append(item)
             else:
-                output.write(item)
+                output.write(item.time_ns, item.capture_time_ns, item.timings_ms, item.grid)
                 summary.written += 1
             if progress is not None:
                 progress(1)

@@ -2,8 +2,9 @@
 
 A frame set's time is its earliest image's capture time (the anchor). Each camera gives the image nearest after
 the anchor when it lies within ``tolerance_ns``; a camera whose next image lies beyond it is *out of tolerance* when
-that image is nearer the anchor than to its own successor (it was meant for this frame set, and is dropped with it),
-else *missing* (it belongs to a later frame set and waits for it). A frame set with a camera missing or out of
+that image is nearer the anchor than to its own successor (it was meant for this frame set, and is dropped with it;
+at the end of the stream the camera's shortest interval between images stands in for the successor), else *missing*
+(it belongs to a later frame set and waits for it). A frame set with a camera missing or out of
 tolerance is reported, with its time and the cameras, and skipped: never filled from another moment.
 
 Streaming: images come in log-time order and wait in per-camera queues sorted by capture time, until images
@@ -63,6 +64,8 @@ class FrameSetGrouper:
         self._queues: dict[str, list[tuple[int, int, CameraMessage]]] = {c: [] for c in self.cameras}
         self._order = 0  # ties in capture time keep arrival order
         self._latest_ns: int | None = None
+        self._last_ns: dict[str, int | None] = dict.fromkeys(self.cameras)  # per camera: its latest image's time
+        self._interval_ns: dict[str, int | None] = dict.fromkeys(self.cameras)  # and its shortest interval
         self._decided_ns: int | None = None  # the last frame set's time
         self.late = 0
 
@@ -80,6 +83,10 @@ class FrameSetGrouper:
             return
         self._order += 1
         bisect.insort(self._queues[message.camera], (t, self._order, message))
+        last, interval = self._last_ns[message.camera], self._interval_ns[message.camera]
+        if last is not None and t != last:
+            self._interval_ns[message.camera] = abs(t - last) if interval is None else min(interval, abs(t - last))
+        self._last_ns[message.camera] = t
         self._latest_ns = t if self._latest_ns is None else max(self._latest_ns, t)
         yield from self._drain(final=False)
 
@@ -96,6 +103,16 @@ class FrameSetGrouper:
                 return
             yield self._take(anchor)
 
+    def _meant_for(self, camera: str, anchor: int) -> bool:
+        """Whether the camera's next image, beyond tolerance of ``anchor``, is nearer it than the image after (or,
+        at the end of the stream, than the camera's shortest interval between images would put that one)."""
+        queue = self._queues[camera]
+        offset = queue[0][0] - anchor
+        if len(queue) >= 2:
+            return offset < queue[1][0] - queue[0][0]
+        interval = self._interval_ns[camera]
+        return interval is not None and 2 * offset < interval
+
     def _take(self, anchor: int) -> Grouped:
         images: dict[str, CameraMessage] = {}
         missing: list[str] = []
@@ -104,7 +121,7 @@ class FrameSetGrouper:
             queue = self._queues[camera]
             if queue and queue[0][0] - anchor <= self.tolerance_ns:
                 images[camera] = queue.pop(0)[2]
-            elif len(queue) >= 2 and queue[0][0] - anchor < queue[1][0] - queue[0][0]:
+            elif queue and self._meant_for(camera, anchor):
                 late[camera] = round((queue.pop(0)[0] - anchor) / 1e6, 3)
             else:
                 missing.append(camera)

@@ -11,11 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from bev_service.calib.rigfile import load_rig
 from bev_service.cli.main import main
 from bev_service.imageio import read_labels
 from bev_service.recordings import gridmsg
 from bev_service.runtime.int8 import file_sha256
-from tests.networks import one_torch_thread
+from bev_service.runtime.weights import save_model
+from bev_service.shipped import DEFAULT_RIG
+from tests.networks import TINY, one_torch_thread, tiny_model
 from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap, write_rosbag2
 
 __all__ = ["one_torch_thread"]
@@ -77,6 +80,33 @@ def test_a_rerun_skips_what_is_written(
     after = {p: p.stat().st_mtime_ns for p in outputs.rglob("*") if p.is_file()}
     assert after.keys() == before.keys()
     assert [p.name for p in after if after[p] != before[p]] == [f"{drive.stamp_ns(1):019d}.png"]
+
+
+def test_outputs_of_another_model_are_neither_skipped_nor_added_to(
+    outputs: Path, drive: Drive, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.pt"
+    save_model(other, tiny_model(seed=1), TINY, {"note": "another untrained network"})
+    capsys.readouterr()
+    for fmt, name in (("mcap", "drive.mcap"), ("parquet", "drive.parquet"), ("png", "drive")):
+        assert replay([drive.mcap], outputs, other, "--format", fmt) == 1
+        out = capsys.readouterr().out
+        assert f"FAILED: {outputs / name} exists from another run: model_sha256 {file_sha256(tiny_weights)}" in out
+    provenance = json.loads((outputs / "drive" / "provenance.json").read_text())
+    assert provenance == {"model_sha256": file_sha256(tiny_weights), "rig_fingerprint": load_rig(DEFAULT_RIG).fingerprint}
+
+
+def test_a_recording_with_every_frame_set_skipped_still_completes(
+    drive: Drive, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lonely = write_mcap(tmp_path / "lonely.mcap", drive_images(drive, {(i, "rear"): 45.0 for i in range(FRAMES)}))
+    out = tmp_path / "out"
+    assert replay([lonely], out, tiny_weights, "--format", "parquet") == 0
+    assert "0 frame sets written (parquet), 3 skipped" in capsys.readouterr().out
+    table = pq.read_table(out / "lonely.parquet")
+    assert table.num_rows == 0 and table.schema.field("grid").type.shape == [400, 400]
+    assert replay([lonely], out, tiny_weights, "--format", "parquet") == 0
+    assert "already written" in capsys.readouterr().out
 
 
 def test_the_summary_names_skipped_frame_sets_and_their_reasons(

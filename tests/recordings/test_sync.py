@@ -74,6 +74,24 @@ def test_a_missing_camera_skips_exactly_its_frame_set() -> None:
     assert skipped[1].reason == "missing front, right"
 
 
+def test_a_camera_out_of_tolerance_at_the_end_skips_only_the_last_frame_set() -> None:
+    frame_sets, skipped = grouped(3, {(2, "rear"): 45.0})
+    assert_in_sync(frame_sets, [0, 1])
+    assert skipped == [SkippedFrameSet(time_ns=stamp(2), missing=(), out_of_tolerance={"rear": 45.0})]
+
+
+def test_a_camera_late_in_every_frame_set_skips_each_once() -> None:
+    frame_sets, skipped = grouped(4, {(i, "left"): 30.0 for i in range(4)})
+    assert frame_sets == []
+    assert [(s.time_ns, s.out_of_tolerance) for s in skipped] == [(stamp(i), {"left": 30.0}) for i in range(4)]
+
+
+def test_a_camera_that_skips_the_next_to_last_frame_set_keeps_the_last() -> None:
+    frame_sets, skipped = grouped(4, {(2, "right"): None})
+    assert_in_sync(frame_sets, [0, 1, 3])
+    assert skipped == [SkippedFrameSet(time_ns=stamp(2), missing=("right",))]
+
+
 def test_a_camera_missing_at_the_end_is_reported() -> None:
     frame_sets, skipped = grouped(3, {(2, "right"): None})
     assert_in_sync(frame_sets, [0, 1])
