@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bev_service.geometry.transforms import quaternion_from_rotation
+
 JSON_SCHEMA_ENCODING = "jsonschema"
 JSON_MESSAGE_ENCODING = "json"
 PROTOBUF_ENCODING = "protobuf"
@@ -112,6 +114,11 @@ def compressed_image_json(time_ns: int, frame_id: str, data: bytes, image_format
     )
 
 
+# Per cell: the class id (or 254 ego, 255 unknown) and its colour. Fields named red, green, blue and alpha colour a
+# grid in Foxglove (foxglove.Grid's schema: "optional for customizing the grid's color").
+GRID_FIELDS = ("class_id", "red", "green", "blue", "alpha")
+
+
 def grid_json(
     time_ns: int, frame_id: str, origin_xy_m: tuple[float, float], cell_size_m: float, cells: NDArray[np.uint8]
 ) -> bytes:
@@ -138,14 +145,7 @@ def grid_json(
     )
 
 
-# Per cell: the class id (or 254 ego, 255 unknown) and its colour; Foxglove's 3D panel colours a grid by fields named
-# red, green, blue and alpha ("RGBA (separate fields)").
-GRID_FIELDS = ("class_id", "red", "green", "blue", "alpha")
-
-
 def frame_transform_json(time_ns: int, parent: str, child: str, parent_from_child: NDArray[np.float64]) -> bytes:
-    from bev_service.geometry.transforms import quaternion_from_rotation
-
     w, x, y, z = (float(v) for v in quaternion_from_rotation(parent_from_child[:3, :3]))
     tx, ty, tz = (float(v) for v in parent_from_child[:3, 3])
     return encode_json(
