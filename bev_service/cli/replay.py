@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import BevError
 from bev_service.recordings.outputs import FORMATS
-from bev_service.recordings.replay import RecordingSummary, replay_recordings
+from bev_service.recordings.replay import RecordingSummary, ReplayOptions, replay_recordings
 from bev_service.recordings.sources import Recording
 from bev_service.recordings.sync import DEFAULT_TOLERANCE_MS
 from bev_service.recordings.topics import parse_topic_map
@@ -26,6 +26,7 @@ from bev_service.shipped import DEFAULT_RIG, PRUNED_MODEL
 log = logging.getLogger(__name__)
 
 MAX_REASONS = 20  # skipped frame sets listed one by one in the summary, per recording
+MAX_BATCH = 64
 
 
 class ReplayArgumentError(BevError):
@@ -56,6 +57,7 @@ def register(commands: Any) -> None:
         default=DEFAULT_TOLERANCE_MS,
         help=f"largest capture-time spread in a frame set (default {DEFAULT_TOLERANCE_MS:g} ms)",
     )
+    p.add_argument("--batch", type=int, default=4, help="frame sets per network call (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.tolerance_ms < 1000:
         raise ReplayArgumentError(f"--tolerance-ms must be between 0 and 1000, got {args.tolerance_ms}")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ReplayArgumentError(f"--batch must be between 1 and {MAX_BATCH}, got {args.batch}")
     topic_map = parse_topic_map(args.topics)
     rig = load_rig(args.rig or DEFAULT_RIG)
     model = args.model or PRUNED_MODEL
@@ -79,17 +83,14 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(recording.name)
                 bar.refresh()
 
-            summaries = replay_recordings(
-                args.recordings,
-                args.out,
-                pipeline,
+            options = ReplayOptions(
                 fmt=args.format,
                 model_sha256=file_sha256(model),
                 topic_map=topic_map,
                 tolerance_ms=args.tolerance_ms,
-                progress=bar.update,
-                on_open=opened,
+                batch_size=args.batch,
             )
+            summaries = replay_recordings(args.recordings, args.out, pipeline, options, progress=bar.update, on_open=opened)
     finally:
         pipeline.close()
     for summary in summaries:

@@ -10,6 +10,7 @@ Depends on the runtime, the geometry and the class table; nothing below the comm
 
 from bev_service.recordings.replay import (
     ReplayedFrameSet,
+    ReplayOptions,
     ShardResult,
     iter_shard,
     replay_recordings,
@@ -25,6 +26,7 @@ __all__ = [
     "FrameSet",
     "FrameSetGrouper",
     "Recording",
+    "ReplayOptions",
     "ReplayedFrameSet",
     "ShardResult",
     "SkippedFrameSet",

@@ -21,7 +21,7 @@ from bev_service.errors import FrameError, RecordingError
 from bev_service.recordings.outputs import OutputFormat, Provenance, output_for
 from bev_service.recordings.sources import Recording, iter_camera_messages, open_recording
 from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, FrameSetGrouper, SkippedFrameSet
-from bev_service.runtime.pipeline import BevPipeline
+from bev_service.runtime.pipeline import BevPipeline, Decoded
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +51,50 @@ def iter_shard(
     *,
     tolerance_ms: float = DEFAULT_TOLERANCE_MS,
     horizon_ns: int = DEFAULT_HORIZON_NS,
+    batch_size: int = 1,
     done: Callable[[int], bool] | None = None,
 ) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
-    """The frame sets of [t0_ns, t1_ns) (None: open), replayed or skipped, in time order, streamed. Frame sets for
-    which ``done(time_ns)`` holds are passed over without running the network. Images are read from ``horizon_ns``
-    (log time) either side of the window, so that the frame sets at its edges are complete (when images are logged
-    within ``horizon_ns`` of their capture)."""
-    slack = horizon_ns + round(tolerance_ms * 1e6)
-    start = None if t0_ns is None else max(0, t0_ns - slack)
-    end = None if t1_ns is None else t1_ns + slack
-    grouper = FrameSetGrouper(pipeline.rig.camera_names, tolerance_ns=round(tolerance_ms * 1e6), horizon_ns=horizon_ns)
-    for message in iter_camera_messages(recording, start, end):
-        for grouped in grouper.push(message):
-            yield from _in_window(grouped, t0_ns, t1_ns, pipeline, done)
-    for grouped in grouper.finish():
-        yield from _in_window(grouped, t0_ns, t1_ns, pipeline, done)
-    if grouper.late:
-        log.warning("%s: %d images came after their frame set was decided, dropped", recording.path, grouper.late)
+    """The frame sets of [t0_ns, t1_ns) (None: open), replayed or skipped, in time order, streamed; ``batch_size``
+    frame sets share each network call. Frame sets for which ``done(time_ns)`` holds are passed over without
+    running the network. Images are read from ``horizon_ns`` (log time) either side of the window, so that the frame
+    sets at its edges are complete (when images are logged within ``horizon_ns`` of their capture)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    grouped = _grouped(recording, t0_ns, t1_ns, pipeline.rig.camera_names, round(tolerance_ms * 1e6), horizon_ns, done)
+    waiting: list[FrameSet | SkippedFrameSet] = []
+    for item in grouped:
+        waiting.append(item)
+        if sum(isinstance(w, FrameSet) for w in waiting) >= batch_size:
+            yield from _replayed(waiting, pipeline)
+            waiting = []
+    yield from _replayed(waiting, pipeline)
 
 
-def _in_window(
-    grouped: FrameSet | SkippedFrameSet,
+def _grouped(
+    recording: Recording,
     t0_ns: int | None,
     t1_ns: int | None,
-    pipeline: BevPipeline,
+    cameras: tuple[str, ...],
+    tolerance_ns: int,
+    horizon_ns: int,
     done: Callable[[int], bool] | None,
-) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
-    if (t0_ns is not None and grouped.time_ns < t0_ns) or (t1_ns is not None and grouped.time_ns >= t1_ns):
-        return
-    if isinstance(grouped, SkippedFrameSet):
-        yield grouped
-    elif done is None or not done(grouped.time_ns):
-        yield _replayed(grouped, pipeline)
+) -> Iterator[FrameSet | SkippedFrameSet]:
+    """The recording's frame sets (and skipped ones) in the window, less those ``done``."""
+    slack = horizon_ns + tolerance_ns
+    start = None if t0_ns is None else max(0, t0_ns - slack)
+    end = None if t1_ns is None else t1_ns + slack
+
+    def wanted(item: FrameSet | SkippedFrameSet) -> bool:
+        if (t0_ns is not None and item.time_ns < t0_ns) or (t1_ns is not None and item.time_ns >= t1_ns):
+            return False
+        return isinstance(item, SkippedFrameSet) or done is None or not done(item.time_ns)
+
+    grouper = FrameSetGrouper(cameras, tolerance_ns=tolerance_ns, horizon_ns=horizon_ns)
+    for message in iter_camera_messages(recording, start, end):
+        yield from filter(wanted, grouper.push(message))
+    yield from filter(wanted, grouper.finish())
+    if grouper.late:
+        log.warning("%s: %d images came after their frame set was decided, dropped", recording.path, grouper.late)
 
 
 def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None, int | None]]:
@@ -97,17 +109,33 @@ def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None,
     return list(zip([None, *cuts], [*cuts, None], strict=True))
 
 
-def _replayed(frame_set: FrameSet, pipeline: BevPipeline) -> ReplayedFrameSet | SkippedFrameSet:
-    try:
-        result = pipeline.run({camera: m.data for camera, m in frame_set.images.items()})
-    except FrameError as exc:
-        return SkippedFrameSet(time_ns=frame_set.time_ns, missing=(), error=str(exc))
-    return ReplayedFrameSet(
-        time_ns=frame_set.time_ns,
-        capture_time_ns={camera: m.capture_time_ns for camera, m in frame_set.images.items()},
-        grid=np.asarray(result.grid, dtype=np.uint8),
-        timings_ms=dict(result.timings_ms),
-    )
+def _replayed(items: list[FrameSet | SkippedFrameSet], pipeline: BevPipeline) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
+    """The frame sets among ``items`` through the pipeline in one batch, in order with the skipped ones; a frame set
+    with an image that does not decode is skipped with the reason."""
+    out: list[ReplayedFrameSet | SkippedFrameSet | None] = []
+    decoded: list[Decoded] = []
+    for item in items:
+        if isinstance(item, SkippedFrameSet):
+            out.append(item)
+            continue
+        try:
+            decoded.append(pipeline.decode({camera: m.data for camera, m in item.images.items()}))
+            out.append(None)  # filled in below
+        except FrameError as exc:
+            out.append(SkippedFrameSet(time_ns=item.time_ns, missing=(), error=str(exc)))
+    results = iter(pipeline.run_decoded(decoded) if decoded else [])
+    for item, ready in zip(items, out, strict=True):
+        if ready is not None:
+            yield ready
+            continue
+        assert isinstance(item, FrameSet)
+        result = next(results)
+        yield ReplayedFrameSet(
+            time_ns=item.time_ns,
+            capture_time_ns={camera: m.capture_time_ns for camera, m in item.images.items()},
+            grid=np.asarray(result.grid, dtype=np.uint8),
+            timings_ms=dict(result.timings_ms),
+        )
 
 
 def replay_shard(
@@ -117,10 +145,11 @@ def replay_shard(
     pipeline: BevPipeline,
     *,
     tolerance_ms: float = DEFAULT_TOLERANCE_MS,
+    batch_size: int = 1,
 ) -> ShardResult:
     """Every frame set of [t0_ns, t1_ns) replayed (see ``iter_shard``), collected: size shards to fit in memory."""
     shard = ShardResult(recording=recording, t0_ns=t0_ns, t1_ns=t1_ns)
-    for item in iter_shard(recording, t0_ns, t1_ns, pipeline, tolerance_ms=tolerance_ms):
+    for item in iter_shard(recording, t0_ns, t1_ns, pipeline, tolerance_ms=tolerance_ms, batch_size=batch_size):
         (shard.skipped if isinstance(item, SkippedFrameSet) else shard.frame_sets).append(item)  # type: ignore[arg-type]
     return shard
 
@@ -137,20 +166,27 @@ class RecordingSummary:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class ReplayOptions:
+    fmt: OutputFormat = "mcap"
+    model_sha256: str = ""  # recorded with the outputs: a re-run with another model does not take them as done
+    topic_map: dict[str, str] | None = None  # camera -> topic where not found by name
+    tolerance_ms: float = DEFAULT_TOLERANCE_MS
+    batch_size: int = 1  # frame sets per network call
+
+
 def replay_recordings(
     paths: Sequence[Path],
     out: Path,
     pipeline: BevPipeline,
+    options: ReplayOptions = ReplayOptions(),
     *,
-    fmt: OutputFormat = "mcap",
-    model_sha256: str = "",
-    topic_map: dict[str, str] | None = None,
-    tolerance_ms: float = DEFAULT_TOLERANCE_MS,
     progress: Callable[[int], None] | None = None,
     on_open: Callable[[Recording], None] | None = None,
 ) -> list[RecordingSummary]:
-    """Each recording replayed whole into ``out`` in format ``fmt``; a recording that fails (unreadable, a camera's
-    topic missing) gets its error in its summary and the others still run."""
+    """Each recording replayed whole into ``out``; a recording that fails (unreadable, a camera's topic missing)
+    gets its error in its summary and the others still run. ``progress`` counts frame sets, ``on_open`` sees each
+    recording once its index is read."""
     names = [Path(p).stem if Path(p).is_file() else Path(p).name for p in paths]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -161,7 +197,10 @@ def replay_recordings(
         summary = RecordingSummary(path=Path(path))
         summaries.append(summary)
         try:
-            _replay_one(summary, out, pipeline, fmt, model_sha256, topic_map, tolerance_ms, progress, on_open)
+            recording = open_recording(summary.path, pipeline.rig.camera_names, options.topic_map)
+            if on_open is not None:
+                on_open(recording)
+            _replay_one(summary, recording, out, pipeline, options, progress)
         except RecordingError as exc:
             summary.error = str(exc)
             log.error("%s", exc)
@@ -170,20 +209,14 @@ def replay_recordings(
 
 def _replay_one(
     summary: RecordingSummary,
+    recording: Recording,
     out: Path,
     pipeline: BevPipeline,
-    fmt: OutputFormat,
-    model_sha256: str,
-    topic_map: dict[str, str] | None,
-    tolerance_ms: float,
+    options: ReplayOptions,
     progress: Callable[[int], None] | None,
-    on_open: Callable[[Recording], None] | None,
 ) -> None:
-    recording = open_recording(summary.path, pipeline.rig.camera_names, topic_map)
-    if on_open is not None:
-        on_open(recording)
-    provenance = Provenance(model_sha256=model_sha256, rig_fingerprint=pipeline.rig.fingerprint)
-    output = output_for(fmt, out, recording.name, pipeline.rig, provenance)
+    provenance = Provenance(model_sha256=options.model_sha256, rig_fingerprint=pipeline.rig.fingerprint)
+    output = output_for(options.fmt, out, recording.name, pipeline.rig, provenance)
     if output.complete:
         summary.already_written = -1
         log.info("%s: already written, skipped", recording.name)
@@ -197,8 +230,11 @@ def _replay_one(
                 progress(1)
         return written
 
+    items = iter_shard(
+        recording, None, None, pipeline, tolerance_ms=options.tolerance_ms, batch_size=options.batch_size, done=done
+    )
     try:
-        for item in iter_shard(recording, None, None, pipeline, tolerance_ms=tolerance_ms, done=done):
+        for item in items:
             if isinstance(item, SkippedFrameSet):
                 summary.skipped.append(item)
             else:

@@ -152,6 +152,7 @@ def test_bad_options_exit_2_with_a_message(drive: Drive, tmp_path: Path, capsys:
     cases = [
         (["replay", str(drive.mcap), "--out", str(tmp_path), "--topics", "front"], "expected CAMERA=TOPIC"),
         (["replay", str(drive.mcap), "--out", str(tmp_path), "--tolerance-ms", "-1"], "--tolerance-ms must be"),
+        (["replay", str(drive.mcap), "--out", str(tmp_path), "--batch", "0"], "--batch must be between 1 and 64"),
         (["synth", "--mcap", str(tmp_path / "x.mcap"), "--count", "1"], "--mcap and --mcap-encoding only apply with --drive"),
         (["synth", "--drive", "--frames", "1", "--mcap", str(tmp_path / "x.bag")], "--mcap must name a .mcap file"),
     ]

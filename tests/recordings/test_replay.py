@@ -15,7 +15,7 @@ import pytest
 from bev_service.errors import RecordingError
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.recordings import iter_camera_messages, open_recording, replay_shard, time_windows
+from bev_service.recordings import iter_camera_messages, iter_shard, open_recording, replay_shard, time_windows
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 from bev_service.runtime.torch_backend import TorchSegmenter
 from tests.networks import TINY, one_torch_thread, tiny_model
@@ -81,6 +81,23 @@ def test_jittered_missing_and_broken_cameras_skip_exactly_their_frame_sets(
     assert [f.time_ns for f in shard.frame_sets] == [drive.stamp_ns(0), drive.stamp_ns(1)]
     [skipped] = shard.skipped
     assert skipped.time_ns == drive.stamp_ns(2) and "camera 'left'" in skipped.reason
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batches_give_the_grids_one_at_a_time_gives_in_order(
+    drive: Drive, pipeline: BevPipeline, tmp_path: Path, batch_size: int
+) -> None:
+    broken = [(c, t, b"not a jpeg" if (c, t) == ("rear", drive.stamp_ns(0)) else data) for c, t, data in drive_images(drive)]
+    path = write_mcap(tmp_path / "mixed.mcap", [i for i in broken if (i[0], i[1]) != ("left", drive.stamp_ns(1))])
+    recording = open_recording(path, CAMERAS)
+    one = list(iter_shard(recording, None, None, pipeline))
+    batched = list(iter_shard(recording, None, None, pipeline, batch_size=batch_size))
+    assert [type(i).__name__ for i in batched] == ["SkippedFrameSet", "SkippedFrameSet", "ReplayedFrameSet"]
+    assert [i.time_ns for i in batched] == [i.time_ns for i in one] == [drive.stamp_ns(k) for k in range(FRAMES)]
+    assert "camera 'rear'" in batched[0].reason and batched[1].reason == "missing left"  # type: ignore[union-attr]
+    np.testing.assert_array_equal(batched[2].grid, one[2].grid)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        next(iter_shard(recording, None, None, pipeline, batch_size=0))
 
 
 def test_malformed_recordings_name_the_file(drive: Drive, tmp_path: Path) -> None:
