@@ -95,6 +95,8 @@ def _grouped(
     yield from filter(wanted, grouper.finish())
     if grouper.late:
         log.warning("%s: %d images came after their frame set was decided, dropped", recording.path, grouper.late)
+    if grouper.extra:
+        log.info("%s: %d images of faster cameras fell between frame sets, passed over", recording.path, grouper.extra)
 
 
 def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None, int | None]]:

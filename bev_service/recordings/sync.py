@@ -1,20 +1,28 @@
 """Camera images to frame sets by capture time: one image per camera within a tolerance of the frame set's time.
 
-A frame set's time is its earliest image's capture time (the anchor). Each camera gives the image nearest after
-the anchor when it lies within ``tolerance_ns``; a camera whose next image lies beyond it is *out of tolerance* when
-that image is nearer the anchor than to its own successor (it was meant for this frame set, and is dropped with it;
-at the end of the stream the camera's shortest interval between images stands in for the successor), else *missing*
-(it belongs to a later frame set and waits for it). A frame set with a camera missing or out of
-tolerance is reported, with its time and the cameras, and skipped: never filled from another moment.
+Each camera's period is the (lower) median interval between its recent images; the frame-set period is the slowest camera's.
+Cameras at least a third faster than that (a 30 Hz camera on a 10 Hz rig, say) are *fast*: they never open a frame
+set of their own, and of their images only the one nearest each frame set takes part; the others are *extras*,
+counted and passed over. A frame set opens at the earliest image of the other (*pacing*) cameras, or at a fast
+camera's image up to ``tolerance_ns`` before it; its time is that earliest image's capture time (the anchor). Each
+camera gives its next image when it lies within ``tolerance_ns`` after the anchor. Otherwise that image is *out of
+tolerance* when it is nearer the anchor than the next frame set (less than half a frame-set period away: it was meant
+for this frame set, and is dropped with it), else the camera is *missing* (the image belongs to a later frame set and
+waits for it). A frame set with a camera missing or out of tolerance is reported, with its time and the cameras, and
+skipped: never filled from another moment.
 
-Streaming: images come in log-time order and wait in per-camera queues sorted by capture time, until images
-``horizon_ns`` after the anchor have been seen (or the stream ends), so memory holds about ``horizon_ns`` of images.
-An image that arrives after a frame set later than it was decided is counted as late and dropped.
+Streaming: images come in log-time order and wait in per-camera queues sorted by capture time. A frame set is decided
+once images logged ``horizon_ns`` after its first image was logged have been seen (or the stream ends), so memory
+holds about ``horizon_ns`` of images, whatever the stamps say: an image stamped far off the others (a sensor clock
+reset, say) is reported alone, not taken as a sign that time has moved on. An image that arrives after a frame set
+later than it was decided is counted as late and dropped.
 """
 
 from __future__ import annotations
 
 import bisect
+import statistics
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +30,9 @@ from bev_service.recordings.sources import CameraMessage
 
 DEFAULT_TOLERANCE_MS = 20.0
 DEFAULT_HORIZON_NS = 1_000_000_000
+PERIOD_SAMPLES = 15  # recent intervals per camera whose lower median is its period: robust to drops, jitter, strays
+FAST_RATIO = 0.75  # a camera whose period is below this fraction of the frame-set period is fast...
+FAST_SAMPLES = 4  # ...once it has this many intervals (a short recording's few could mislead)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class SkippedFrameSet:
 
 
 Grouped = FrameSet | SkippedFrameSet
+Queued = tuple[int, int, CameraMessage]  # capture time, arrival order (ties keep it), the image
 
 
 class FrameSetGrouper:
@@ -61,13 +73,14 @@ class FrameSetGrouper:
         self.cameras = tuple(cameras)
         self.tolerance_ns = tolerance_ns
         self.horizon_ns = horizon_ns
-        self._queues: dict[str, list[tuple[int, int, CameraMessage]]] = {c: [] for c in self.cameras}
-        self._order = 0  # ties in capture time keep arrival order
-        self._latest_ns: int | None = None
+        self._queues: dict[str, list[Queued]] = {c: [] for c in self.cameras}
+        self._order = 0
+        self._latest_log_ns: int | None = None
         self._last_ns: dict[str, int | None] = dict.fromkeys(self.cameras)  # per camera: its latest image's time
-        self._interval_ns: dict[str, int | None] = dict.fromkeys(self.cameras)  # and its shortest interval
+        self._intervals: dict[str, deque[int]] = {c: deque(maxlen=PERIOD_SAMPLES) for c in self.cameras}
         self._decided_ns: int | None = None  # the last frame set's time
         self.late = 0
+        self.extra = 0  # fast cameras' images between frame sets
 
     @property
     def pending(self) -> int:
@@ -83,46 +96,87 @@ class FrameSetGrouper:
             return
         self._order += 1
         bisect.insort(self._queues[message.camera], (t, self._order, message))
-        last, interval = self._last_ns[message.camera], self._interval_ns[message.camera]
+        last = self._last_ns[message.camera]
         if last is not None and t != last:
-            self._interval_ns[message.camera] = abs(t - last) if interval is None else min(interval, abs(t - last))
+            self._intervals[message.camera].append(abs(t - last))
         self._last_ns[message.camera] = t
-        self._latest_ns = t if self._latest_ns is None else max(self._latest_ns, t)
+        log_ns = message.log_time_ns
+        self._latest_log_ns = log_ns if self._latest_log_ns is None else max(self._latest_log_ns, log_ns)
         yield from self._drain(final=False)
 
     def finish(self) -> Iterator[Grouped]:
         yield from self._drain(final=True)
 
+    def _period_ns(self, camera: str) -> float | None:
+        intervals = self._intervals[camera]
+        return statistics.median_low(intervals) if intervals else None
+
+    def _frame_period_ns(self) -> float | None:
+        """The slowest camera's period: frame sets come no faster than every camera can fill them."""
+        periods = [p for p in map(self._period_ns, self.cameras) if p is not None]
+        return max(periods) if periods else None
+
+    def _fast_cameras(self, frame_period: float | None) -> set[str]:
+        if frame_period is None:
+            return set()
+        return {
+            c
+            for c in self.cameras
+            if len(self._intervals[c]) >= FAST_SAMPLES and (p := self._period_ns(c)) is not None and p < FAST_RATIO * frame_period
+        }
+
+    def _waiting(self, entry: Queued, final: bool) -> bool:
+        """Whether images logged within the horizon after ``entry`` may still come."""
+        latest = self._latest_log_ns
+        return not final and (latest is None or latest < entry[2].log_time_ns + self.horizon_ns)
+
     def _drain(self, *, final: bool) -> Iterator[Grouped]:
         while True:
-            heads = [q[0][0] for q in self._queues.values() if q]
-            if not heads:
+            frame_period = self._frame_period_ns()
+            fast = self._fast_cameras(frame_period)
+            heads = [q[0] for c, q in self._queues.items() if q and c not in fast]
+            if not heads:  # only fast cameras have images: extras, once nothing can come to meet them
+                self._drop_unmet(fast, final)
                 return
-            anchor = min(heads)
-            if not final and (self._latest_ns is None or self._latest_ns < anchor + self.horizon_ns):
+            first = min(heads)
+            if self._waiting(first, final):
                 return
-            yield self._take(anchor)
+            assert frame_period is not None or not fast
+            self._drop_extras(fast, first[0], frame_period or 0.0)
+            early = [q[0][0] for c, q in self._queues.items() if c in fast and q and 0 < first[0] - q[0][0] <= self.tolerance_ns]
+            yield self._take(min([first[0], *early]), frame_period)
 
-    def _meant_for(self, camera: str, anchor: int) -> bool:
-        """Whether the camera's next image, beyond tolerance of ``anchor``, is nearer it than the image after (or,
-        at the end of the stream, than the camera's shortest interval between images would put that one)."""
-        queue = self._queues[camera]
-        offset = queue[0][0] - anchor
-        if len(queue) >= 2:
-            return offset < queue[1][0] - queue[0][0]
-        interval = self._interval_ns[camera]
-        return interval is not None and 2 * offset < interval
+    def _drop_extras(self, fast: set[str], reference_ns: int, frame_period: float) -> None:
+        """Drop fast cameras' images until each one's first is its nearest to ``reference_ns`` (and not nearer the
+        frame set before)."""
+        for camera in fast:
+            queue = self._queues[camera]
+            while queue and (
+                2 * (reference_ns - queue[0][0]) >= frame_period
+                or (len(queue) >= 2 and abs(queue[1][0] - reference_ns) <= abs(queue[0][0] - reference_ns))
+            ):
+                queue.pop(0)
+                self.extra += 1
 
-    def _take(self, anchor: int) -> Grouped:
+    def _drop_unmet(self, fast: set[str], final: bool) -> None:
+        for camera in fast:
+            queue = self._queues[camera]
+            while queue and not self._waiting(queue[0], final):
+                queue.pop(0)
+                self.extra += 1
+
+    def _take(self, anchor: int, frame_period: float | None) -> Grouped:
         images: dict[str, CameraMessage] = {}
         missing: list[str] = []
         late: dict[str, float] = {}
         for camera in self.cameras:
             queue = self._queues[camera]
-            if queue and queue[0][0] - anchor <= self.tolerance_ns:
+            offset = queue[0][0] - anchor if queue else None
+            if offset is not None and 0 <= offset <= self.tolerance_ns:
                 images[camera] = queue.pop(0)[2]
-            elif queue and self._meant_for(camera, anchor):
-                late[camera] = round((queue.pop(0)[0] - anchor) / 1e6, 3)
+            elif offset is not None and frame_period is not None and 2 * abs(offset) < frame_period:
+                queue.pop(0)
+                late[camera] = round(offset / 1e6, 3)
             else:
                 missing.append(camera)
         self._decided_ns = anchor

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bev_service.recordings import CameraMessage, FrameSet, FrameSetGrouper, SkippedFrameSet, group_frame_sets
@@ -132,3 +133,101 @@ def test_bad_arguments_are_refused() -> None:
     grouper = FrameSetGrouper(CAMERAS, tolerance_ns=TOLERANCE_NS)
     with pytest.raises(ValueError, match="camera 'side'"):
         list(grouper.push(CameraMessage("side", "/cam/side", 1, 1, b"", "jpeg")))
+
+
+def stream(images: list[tuple[str, int]], *, log_delay_ns: int = 5_000_000) -> list[CameraMessage]:
+    """(camera, capture time) images as messages in log-time order (logged ``log_delay_ns`` after capture)."""
+    out = [CameraMessage(c, f"/cam/{c}", t, t + log_delay_ns, f"{c}@{t}".encode(), "jpeg") for c, t in images]
+    return sorted(out, key=lambda m: m.log_time_ns)
+
+
+def assert_never_mis_synced(frame_sets: list[FrameSet], tolerance_ns: int = TOLERANCE_NS) -> None:
+    for frame_set in frame_sets:
+        assert list(frame_set.images) == list(CAMERAS)
+        offsets = [m.capture_time_ns - frame_set.time_ns for m in frame_set.images.values()]
+        assert min(offsets) == 0 and max(offsets) <= tolerance_ns, (frame_set.time_ns, offsets)
+
+
+def test_a_dropped_frame_then_an_early_image_loses_only_the_dropped_frame_set() -> None:
+    """front drops frame 2 and its frame 3 comes 2 ms early: that image is frame set 3's, not frame set 2's."""
+    frame_sets, skipped = grouped(5, {(2, "front"): None, (3, "front"): -2.0})
+    assert [f.time_ns for f in frame_sets] == [stamp(0), stamp(1), stamp(3) - 2_000_000, stamp(4)]
+    assert {m.data for m in frame_sets[2].images.values()} == {f"{c}3".encode() for c in CAMERAS}
+    assert skipped == [SkippedFrameSet(time_ns=stamp(2), missing=("front",))]
+
+
+def test_a_dropped_frame_then_an_image_beyond_tolerance_is_reported_at_its_own_frame_set() -> None:
+    """rear drops frame 2 and its frame 3 comes 25 ms early: frame set 2 misses rear, frame set 3 is out of tolerance;
+    frame set 2 is never charged with frame 3's image."""
+    frame_sets, skipped = grouped(5, {(2, "rear"): None, (3, "rear"): -25.0})
+    assert_in_sync(frame_sets, [0, 1, 4])
+    assert skipped == [
+        SkippedFrameSet(time_ns=stamp(2), missing=("rear",)),
+        SkippedFrameSet(stamp(3) - 25_000_000, missing=(), out_of_tolerance=dict.fromkeys(("front", "left", "right"), 25.0)),
+    ]
+
+
+def test_a_faster_camera_s_extra_images_are_passed_over() -> None:
+    """front at 30 Hz, the others at 10 Hz: every 10 Hz frame set is complete with front's nearest image; front's
+    images in between are extras, neither frame sets nor skipped ones."""
+    fast = [("front", T0 + round(k * PERIOD_NS / 3)) for k in range(18)]  # to 566 ms, past the last 10 Hz frame
+    slow = [(c, stamp(k)) for k in range(6) for c in CAMERAS[1:]]
+    grouper = FrameSetGrouper(CAMERAS, tolerance_ns=TOLERANCE_NS)
+    items = [i for m in stream(fast + slow) for i in grouper.push(m)] + list(grouper.finish())
+    assert all(isinstance(i, FrameSet) for i in items), [i for i in items if isinstance(i, SkippedFrameSet)]
+    frame_sets: list[FrameSet] = items  # type: ignore[assignment]
+    assert [f.time_ns for f in frame_sets] == [stamp(k) for k in range(6)]
+    assert_never_mis_synced(frame_sets)
+    assert grouper.extra == 12 and grouper.late == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fast_hz", [None, 20.0, 30.0])
+def test_jitter_drops_and_mixed_rates_lose_exactly_the_frame_sets_with_a_dropped_image(seed: int, fast_hz: float | None) -> None:
+    """10 Hz cameras with up to 6 ms of jitter (front faster where ``fast_hz``), one image in about six dropped: every
+    frame set with all its images comes out whole and in tolerance, every frame set with one dropped is skipped once."""
+    rng = np.random.default_rng(seed)
+    frames = 60
+    dropped = {int(k): str(rng.choice(CAMERAS)) for k in np.flatnonzero(rng.random(frames) < 0.15)}
+    images = []
+    for k in range(frames):
+        for camera in CAMERAS[1:] if fast_hz else CAMERAS:
+            if dropped.get(k) != camera:
+                images.append((camera, stamp(k) + int(rng.integers(-6_000_000, 6_000_001))))
+    if fast_hz:
+        per_frame = round(fast_hz / 10)
+        for n in range(frames * per_frame):
+            if n % per_frame or dropped.get(n // per_frame) != "front":  # the image that meets frame n // per_frame
+                images.append(("front", T0 + round(n * 1e9 / fast_hz) + int(rng.integers(-3_000_000, 3_000_001))))
+    items = list(group_frame_sets(stream(images), CAMERAS, tolerance_ns=TOLERANCE_NS))
+    frame_sets = [i for i in items if isinstance(i, FrameSet)]
+    skipped = [i for i in items if isinstance(i, SkippedFrameSet)]
+    assert_never_mis_synced(frame_sets)
+    frame_of = [(f, round((f.time_ns - T0) / PERIOD_NS)) for f in frame_sets]
+    assert [k for _, k in frame_of] == [k for k in range(frames) if k not in dropped]
+    for frame_set, k in frame_of:
+        assert all(abs(m.capture_time_ns - stamp(k)) <= 6_000_000 for m in frame_set.images.values())
+    assert sorted(round((s.time_ns - T0) / PERIOD_NS) for s in skipped) == sorted(dropped)
+
+
+def test_a_far_future_stamp_loses_only_its_own_image() -> None:
+    """One image stamped a day ahead: frame sets are still decided by arrival, so the others all pass and memory stays
+    bounded; the stray image is reported alone at its own time, at the end."""
+    day_ns = 86_400 * 10**9
+    images = [(c, stamp(k)) for k in range(40) for c in CAMERAS if (k, c) != (10, "left")]
+    messages = stream(images)
+    messages.append(CameraMessage("left", "/cam/left", stamp(10) + day_ns, stamp(10) + 5_000_000, b"stray", "jpeg"))
+    messages.sort(key=lambda m: m.log_time_ns)
+    grouper = FrameSetGrouper(CAMERAS, tolerance_ns=TOLERANCE_NS)
+    items, most_pending = [], 0
+    for message in messages:
+        items.extend(grouper.push(message))
+        most_pending = max(most_pending, grouper.pending)
+    items.extend(grouper.finish())
+    assert most_pending <= 4 * 12 + 1
+    frame_sets = [i for i in items if isinstance(i, FrameSet)]
+    assert [f.time_ns for f in frame_sets] == [stamp(k) for k in range(40) if k != 10]
+    assert [s for s in items if isinstance(s, SkippedFrameSet)] == [
+        SkippedFrameSet(time_ns=stamp(10), missing=("left",)),
+        SkippedFrameSet(time_ns=stamp(10) + day_ns, missing=("front", "rear", "right")),
+    ]
