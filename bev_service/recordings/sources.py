@@ -1,9 +1,12 @@
 """Recorded drives in: one MCAP file, or one rosbag2 folder (sqlite3 or mcap storage), each camera's images on a topic
 as ``sensor_msgs/msg/CompressedImage`` (ROS 2, CDR) or ``foxglove.CompressedImage`` (protobuf or JSON; MCAP only).
 
-``open_recording`` looks at a recording's index (topics, message counts, time span) without reading its messages;
-``iter_camera_messages`` then streams its cameras' images in log-time order, one message at a time, from a log-time
-window only when asked. A ``Recording`` holds nothing but names and numbers, so it pickles (to a Ray worker, say).
+``open_recording`` looks at a recording's index (topics, message counts, time span) without reading its messages (an
+MCAP without one is read through once); ``iter_camera_messages`` then streams its cameras' images one message at a
+time, from a log-time window only when asked: in log-time order where the file indexes its chunks (rosbag2, and MCAP
+as most tools write it), else in the order they were logged (never sorted in memory, which would mean holding the
+recording whole; frame sets are grouped by capture time anyway). A ``Recording`` holds nothing but names and numbers,
+so it pickles (to a Ray worker, say).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from bev_service.errors import RecordingError
 from bev_service.recordings import foxglove, ros
@@ -134,7 +137,8 @@ def _mcap_scan(path: Path) -> tuple[dict[str, str], dict[str, int], int, int]:
     counts: dict[str, int] = {}
     start, end = 0, 0
     with path.open("rb") as f:
-        for schema, channel, message in NonSeekingReader(f, validate_crcs=True).iter_messages():
+        # log_time_order=False: sorting would hold every message of the file in memory at once
+        for schema, channel, message in NonSeekingReader(f, validate_crcs=True).iter_messages(log_time_order=False):
             topics[channel.topic] = schema.name if schema is not None else ""
             counts[channel.topic] = counts.get(channel.topic, 0) + 1
             start = message.log_time if not start else min(start, message.log_time)
@@ -154,7 +158,8 @@ def _rosbag2_index(path: Path) -> tuple[dict[str, str], dict[str, int], int, int
 
 
 def iter_camera_messages(recording: Recording, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[CameraMessage]:
-    """The cameras' images with log time in [start_ns, end_ns) (all when None), in log-time order, streamed."""
+    """The cameras' images with log time in [start_ns, end_ns) (all when None), streamed: in log-time order, or
+    where an MCAP has no chunk index, in the order they were logged."""
     messages = _iter_mcap if recording.kind == "mcap" else _iter_rosbag2
     try:
         yield from messages(recording, start_ns, end_ns)
@@ -165,17 +170,13 @@ def iter_camera_messages(recording: Recording, start_ns: int | None = None, end_
 
 
 def _iter_mcap(recording: Recording, start_ns: int | None, end_ns: int | None) -> Iterator[CameraMessage]:
-    from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
     camera_of = {topic: camera for camera, topic in recording.topics.items()}
     ros_decoders = DecoderFactory()
     decoders: dict[int, Any] = {}
     with recording.path.open("rb") as f:
-        reader = make_reader(f, validate_crcs=True)  # a damaged chunk fails here, not as a wrong image
-        for schema, channel, message in reader.iter_messages(
-            topics=list(camera_of), starting_at=start_ns, ending_before=end_ns, log_time_order=True
-        ):
+        for schema, channel, message in _mcap_messages(f, list(camera_of), start_ns, end_ns):
             if channel.id not in decoders:
                 decoders[channel.id] = _image_decoder(recording.path, schema, channel, ros_decoders)
             stamp_ns, data, image_format = decoders[channel.id](message.data)
@@ -187,6 +188,25 @@ def _iter_mcap(recording: Recording, start_ns: int | None, end_ns: int | None) -
                 data=data,
                 format=image_format,
             )
+
+
+def _mcap_messages(f: BinaryIO, topics: list[str], start_ns: int | None, end_ns: int | None) -> Iterator[Any]:
+    """(schema, channel, message) of ``topics``, CRCs checked (a damaged chunk fails here, not as a wrong image).
+
+    With a chunk index: in log-time order, chunk by chunk (mcap merges chunks by their time ranges). Without one: in
+    file order, read straight through. Not the other way round: mcap 1.6 sorts an unindexed file in memory whole for
+    log-time order (and its SeekingReader falls back to that, without checking CRCs), and in file order a SeekingReader
+    queues each chunk's messages behind every other chunk, so it decompresses the whole file before the first."""
+    from mcap.reader import NonSeekingReader, SeekingReader
+
+    summary = SeekingReader(f, validate_crcs=True).get_summary()
+    f.seek(0)
+    if summary is not None and summary.chunk_indexes:
+        indexed = SeekingReader(f, validate_crcs=True)
+        yield from indexed.iter_messages(topics=topics, starting_at=start_ns, ending_before=end_ns, log_time_order=True)
+        return
+    linear = NonSeekingReader(f, validate_crcs=True)
+    yield from linear.iter_messages(topics=topics, starting_at=start_ns, ending_before=end_ns, log_time_order=False)
 
 
 ImageDecoder = Any  # Callable[[bytes], tuple[int, bytes, str]]: (stamp ns, image bytes, format)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from mcap.writer import IndexType
 
 from bev_service.errors import RecordingError
-from bev_service.recordings import FrameSet, group_frame_sets, iter_camera_messages, open_recording, parse_topic_map
+from bev_service.recordings import FrameSet, group_frame_sets, iter_camera_messages, open_recording, parse_topic_map, ros
 from bev_service.recordings.mcap_out import CameraRecordingWriter
 from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap, write_rosbag2
 
@@ -117,22 +119,53 @@ def test_an_unset_stamp_falls_back_to_the_log_time(tmp_path: Path) -> None:
     assert isinstance(frame_set, FrameSet) and frame_set.time_ns == 5_000_000_000
 
 
-def test_reading_streams_a_long_recording(tmp_path: Path) -> None:
-    """80 MB of images (incompressible; 20 s at 10 Hz) go through in a few MB: a chunk and about a second of frame
-    sets (4 MB here) at a time."""
+LAYOUTS = {
+    "indexed": {},  # chunked, with a summary and chunk indexes: what bev writes
+    "unchunked": {"use_chunking": False},  # a summary (channels, statistics), but no chunk to index
+    "no summary": {  # as a logger that never wrote its summary section leaves it: only a read through finds topics
+        "use_chunking": False,
+        "index_types": IndexType.NONE,
+        "repeat_channels": False,
+        "repeat_schemas": False,
+        "use_statistics": False,
+        "use_summary_offsets": False,
+    },
+}
+
+
+def write_long_mcap(path: Path, frames: int, image_bytes: int, **writer_options: Any) -> Path:
+    """Incompressible images at 10 Hz, as sensor_msgs/msg/CompressedImage, with the mcap writer's ``writer_options``."""
+    from mcap.writer import Writer
+
     rng = np.random.default_rng(0)
-    path = tmp_path / "long.mcap"
-    with CameraRecordingWriter(path) as writer:
-        for index in range(200):
+    with path.open("wb") as f:
+        writer = Writer(f, **writer_options)
+        writer.start(profile="ros2", library="test")
+        schema = writer.register_schema(ros.COMPRESSED_IMAGE, ros.ROS2_SCHEMA_ENCODING, ros.msgdef(ros.COMPRESSED_IMAGE))
+        channels = {c: writer.register_channel(f"/cam/{c}/compressed", ros.CDR_ENCODING, schema) for c in CAMERAS}
+        for index in range(frames):
+            stamp = 10**18 + index * 100_000_000
             for camera in CAMERAS:
-                writer.write_image(camera, 10**18 + index * 100_000_000, rng.bytes(100_000))
+                data = ros.serialize(ros.compressed_image(stamp, camera, rng.bytes(image_bytes), "jpeg"))
+                writer.add_message(channels[camera], log_time=stamp, data=data, publish_time=stamp)
+        writer.finish()
+    return path
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reading_streams_a_long_recording(tmp_path: Path, layout: str) -> None:
+    """80 MB of images (incompressible; 20 s at 10 Hz) go through in a few MB: a chunk and about a second of frame
+    sets (4 MB here) at a time, whether the file is indexed or has to be read through (twice: for its topics, then
+    for its images)."""
+    path = write_long_mcap(tmp_path / "long.mcap", 200, 100_000, **LAYOUTS[layout])
     assert path.stat().st_size > 80e6
-    recording = open_recording(path, CAMERAS)
     tracemalloc.start()
     try:
+        recording = open_recording(path, CAMERAS)
         count = sum(1 for _ in group_frame_sets(iter_camera_messages(recording), CAMERAS, tolerance_ns=TOLERANCE_NS))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    assert recording.topics == {c: f"/cam/{c}/compressed" for c in CAMERAS}
     assert count == 200
     assert peak < 16e6, f"peak {peak / 1e6:.1f} MB"
