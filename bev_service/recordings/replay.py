@@ -1,15 +1,16 @@
 """Replaying recorded drives through the in-process pipeline: frame sets of a time window to BEV grids.
 
-``replay_shard(recording, t0_ns, t1_ns, pipeline)`` is the unit of work: the frame sets whose time lies in
-[t0_ns, t1_ns), each run through a ``BevPipeline``, and the frame sets skipped with their reasons. Shards of one
-recording split it by time: every frame set falls into exactly one. A worker holding a pipeline (a Ray actor, say)
-calls it; ``replay_recordings`` runs whole recordings into outputs on this machine (``bev replay``).
+``replay_shard(recording, t0_ns, t1_ns, pipeline)`` is the unit of work: the frame sets whose first image (the one
+that gives the frame set its time) was logged in [t0_ns, t1_ns), each run through a ``BevPipeline``, and the frame
+sets skipped with their reasons. Shards of one recording split it by log time: every frame set falls into exactly
+one, whatever its capture stamps say (a sensor clock counting from boot, buffered logging). A worker holding a
+pipeline (a Ray actor, say) calls it; ``replay_recordings`` runs whole recordings into outputs on this machine
+(``bev replay``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,11 @@ def iter_shard(
     batch_size: int = 1,
     done: Callable[[int], bool] | None = None,
 ) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
-    """The frame sets of [t0_ns, t1_ns) (None: open), replayed or skipped, in time order, streamed; ``batch_size``
-    frame sets share each network call. Frame sets for which ``done(time_ns)`` holds are passed over without
-    running the network. Images are read from ``horizon_ns`` (log time) either side of the window, so that the frame
-    sets at its edges are complete (when images are logged within ``horizon_ns`` of their capture)."""
+    """The frame sets whose first image was logged in [t0_ns, t1_ns) (None: open), replayed or skipped, in time
+    order, streamed; ``batch_size`` frame sets share each network call. Frame sets for which ``done(time_ns)`` holds
+    are passed over without running the network. Images are read from ``horizon_ns`` (log time) either side of the
+    window, so that the frame sets at its edges are complete (the images of a frame set are logged within
+    ``horizon_ns`` of each other, as ``FrameSetGrouper`` assumes)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     grouped = _grouped(recording, t0_ns, t1_ns, pipeline.rig.camera_names, round(tolerance_ms * 1e6), horizon_ns, done)
@@ -85,7 +87,7 @@ def _grouped(
     end = None if t1_ns is None else t1_ns + slack
 
     def wanted(item: FrameSet | SkippedFrameSet) -> bool:
-        if (t0_ns is not None and item.time_ns < t0_ns) or (t1_ns is not None and item.time_ns >= t1_ns):
+        if (t0_ns is not None and item.log_time_ns < t0_ns) or (t1_ns is not None and item.log_time_ns >= t1_ns):
             return False
         return isinstance(item, SkippedFrameSet) or done is None or not done(item.time_ns)
 
@@ -100,14 +102,15 @@ def _grouped(
 
 
 def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None, int | None]]:
-    """[t0_ns, t1_ns) windows of about ``seconds`` over the recording's span, for ``replay_shard``: the first opens
-    at None and the last closes at None, so that every frame set falls in exactly one window whatever its capture
-    time (stamps need not agree with the log times the span is measured in)."""
+    """[t0_ns, t1_ns) log-time windows of about ``seconds`` over the recording's span, for ``replay_shard``: the first
+    opens at None and the last closes at None, so that every frame set falls in exactly one window (even where the
+    index gives no span)."""
     if not seconds > 0:
         raise ValueError(f"a window lasts a positive number of seconds, got {seconds}")
     span_ns = max(0, recording.end_ns - recording.start_ns)
-    count = max(1, math.ceil(span_ns / (seconds * 1e9)))
-    cuts = [recording.start_ns + round(i * span_ns / count) for i in range(1, count)]
+    window_ns = max(1, round(seconds * 1e9))
+    count = max(1, -(-span_ns // window_ns))  # ceiling division in integers: times near 1e18 ns lose digits as floats
+    cuts = [recording.start_ns + i * span_ns // count for i in range(1, count)]
     return list(zip([None, *cuts], [*cuts, None], strict=True))
 
 
@@ -124,7 +127,7 @@ def _replayed(items: list[FrameSet | SkippedFrameSet], pipeline: BevPipeline) ->
             decoded.append(pipeline.decode({camera: m.data for camera, m in item.images.items()}))
             out.append(None)  # filled in below
         except FrameError as exc:
-            out.append(SkippedFrameSet(time_ns=item.time_ns, missing=(), error=str(exc)))
+            out.append(SkippedFrameSet(time_ns=item.time_ns, missing=(), error=str(exc), log_time_ns=item.log_time_ns))
     results = iter(pipeline.run_decoded(decoded) if decoded else [])
     for item, ready in zip(items, out, strict=True):
         if ready is not None:
@@ -149,7 +152,8 @@ def replay_shard(
     tolerance_ms: float = DEFAULT_TOLERANCE_MS,
     batch_size: int = 1,
 ) -> ShardResult:
-    """Every frame set of [t0_ns, t1_ns) replayed (see ``iter_shard``), collected: size shards to fit in memory."""
+    """Every frame set first logged in [t0_ns, t1_ns) replayed (see ``iter_shard``), collected: size shards to fit in
+    memory."""
     shard = ShardResult(recording=recording, t0_ns=t0_ns, t1_ns=t1_ns)
     for item in iter_shard(recording, t0_ns, t1_ns, pipeline, tolerance_ms=tolerance_ms, batch_size=batch_size):
         (shard.skipped if isinstance(item, SkippedFrameSet) else shard.frame_sets).append(item)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ FAST_SAMPLES = 4  # ...once it has this many intervals (a short recording's few 
 class FrameSet:
     time_ns: int  # the earliest capture time of its images
     images: dict[str, CameraMessage]  # by camera, in rig order
+    log_time_ns: int = field(default=0, compare=False)  # where that image was logged: which shard a frame set is in
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class SkippedFrameSet:
     missing: tuple[str, ...]  # cameras with no image near the time
     out_of_tolerance: dict[str, float] = field(default_factory=dict)  # camera -> its image's offset from the time, ms
     error: str = ""  # complete, but unusable (an image that does not decode, say)
+    log_time_ns: int = field(default=0, compare=False)  # as FrameSet's
 
     @property
     def reason(self) -> str:
@@ -143,8 +145,8 @@ class FrameSetGrouper:
                 return
             assert frame_period is not None or not fast
             self._drop_extras(fast, first[0], frame_period or 0.0)
-            early = [q[0][0] for c, q in self._queues.items() if c in fast and q and 0 < first[0] - q[0][0] <= self.tolerance_ns]
-            yield self._take(min([first[0], *early]), frame_period)
+            early = [q[0] for c, q in self._queues.items() if c in fast and q and 0 < first[0] - q[0][0] <= self.tolerance_ns]
+            yield self._take(min([first, *early]), frame_period)
 
     def _drop_extras(self, fast: set[str], reference_ns: int, frame_period: float) -> None:
         """Drop fast cameras' images until each one's first is its nearest to ``reference_ns`` (and not nearer the
@@ -165,7 +167,8 @@ class FrameSetGrouper:
                 queue.pop(0)
                 self.extra += 1
 
-    def _take(self, anchor: int, frame_period: float | None) -> Grouped:
+    def _take(self, opening: Queued, frame_period: float | None) -> Grouped:
+        anchor, log_ns = opening[0], opening[2].log_time_ns
         images: dict[str, CameraMessage] = {}
         missing: list[str] = []
         late: dict[str, float] = {}
@@ -181,8 +184,8 @@ class FrameSetGrouper:
                 missing.append(camera)
         self._decided_ns = anchor
         if missing or late:
-            return SkippedFrameSet(time_ns=anchor, missing=tuple(missing), out_of_tolerance=late)
-        return FrameSet(time_ns=anchor, images=images)
+            return SkippedFrameSet(time_ns=anchor, missing=tuple(missing), out_of_tolerance=late, log_time_ns=log_ns)
+        return FrameSet(time_ns=anchor, images=images, log_time_ns=log_ns)
 
 
 def group_frame_sets(

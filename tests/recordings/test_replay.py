@@ -16,6 +16,7 @@ from bev_service.errors import RecordingError
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
 from bev_service.recordings import iter_camera_messages, iter_shard, open_recording, replay_shard, time_windows
+from bev_service.recordings.mcap_out import CameraRecordingWriter
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 from bev_service.runtime.torch_backend import TorchSegmenter
 from tests.networks import TINY, one_torch_thread, tiny_model
@@ -43,7 +44,8 @@ def test_a_whole_recording_gives_the_grids_of_its_frame_sets(drive: Drive, pipel
 
 def test_time_windows_split_a_recording_into_shards(drive: Drive, pipeline: BevPipeline) -> None:
     recording = open_recording(drive.mcap, CAMERAS)
-    cut = drive.stamp_ns(1) + 1  # frame set 1 begins before it: it belongs to the first shard only
+    # frame set 1's first image is logged 1 ms after its capture, before the cut: it belongs to the first shard only
+    cut = drive.stamp_ns(1) + 1_000_001
     first = replay_shard(recording, None, cut, pipeline)
     second = replay_shard(recording, cut, drive.stamp_ns(FRAMES), pipeline)
     assert [f.time_ns for f in first.frame_sets] == [drive.stamp_ns(0), drive.stamp_ns(1)]
@@ -64,6 +66,37 @@ def test_time_windows_cover_a_recording_once(drive: Drive, pipeline: BevPipeline
     assert time_windows(recording, 3600.0) == [(None, None)]
     with pytest.raises(ValueError, match="positive number of seconds"):
         time_windows(recording, 0.0)
+
+
+@pytest.mark.parametrize("stamp_offset_s", [1000.0, "boot"])
+def test_shards_share_out_frame_sets_whatever_their_stamps_say(
+    drive: Drive, pipeline: BevPipeline, tmp_path: Path, stamp_offset_s: float | str
+) -> None:
+    """Stamps 1000 s ahead of the log times, or counted from the sensor's boot: shards cut in log time still give
+    every frame set to exactly one shard (the one where its first image was logged)."""
+    frames, log_start_ns = 15, drive.stamp_ns(0)
+    path = tmp_path / "offset.mcap"
+    with CameraRecordingWriter(path) as writer:
+        for index in range(frames):
+            log_ns = log_start_ns + index * 100_000_000
+            stamp_ns = 5 * 10**9 + index * 100_000_000 if stamp_offset_s == "boot" else log_ns + 1000 * 10**9
+            for k, camera in enumerate(CAMERAS):
+                writer.write_image(camera, stamp_ns, drive.jpegs[index % FRAMES][camera], log_time_ns=log_ns + k * 10**6)
+    recording = open_recording(path, CAMERAS)
+    windows = time_windows(recording, 0.3)
+    assert len(windows) == 5
+
+    def owned(t0: int | None, t1: int | None) -> list[int]:
+        """The frame sets the shard would replay, found without running the network (done() passes them over)."""
+        seen: list[int] = []
+        skipped = list(iter_shard(recording, t0, t1, pipeline, horizon_ns=150_000_000, done=lambda t: seen.append(t) or True))
+        assert skipped == []
+        return seen
+
+    shards = [owned(t0, t1) for t0, t1 in windows]
+    assert all(shards), shards
+    assert sorted(t for shard in shards for t in shard) == owned(None, None)
+    assert len(owned(None, None)) == frames
 
 
 def test_jittered_missing_and_broken_cameras_skip_exactly_their_frame_sets(
