@@ -3,9 +3,11 @@
 
 MCAP and Parquet files are written beside their name (``.partial``) and renamed into place when complete: a file
 that exists is complete, and a run cut short leaves only a ``.partial`` that the next run starts over. PNGs are
-written one by one, each whole or not at all. Every output records the model's hash and the rig's fingerprint (MCAP
-metadata, Parquet schema metadata, ``provenance.json`` beside the PNGs): one from another model or rig is never
-taken as done, nor added to.
+written one by one, each whole or not at all. Every output records how it was made (MCAP metadata, Parquet schema
+metadata, ``provenance.json`` beside the PNGs): the model's hash, the rig's fingerprint, the source recording (its
+path, size and modification time), the tolerance and each camera's topic. One made any other way (another model,
+rig or setting, another recording of the same name) is reported, never taken as done, nor added to. An output that
+would be the recording itself (PNGs of a rosbag2 folder into that folder, an MCAP over itself) is refused.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from bev_service.classes import palette
 from bev_service.errors import RecordingError
@@ -37,9 +39,29 @@ PROVENANCE_FILE = "provenance.json"
 class Provenance:
     model_sha256: str
     rig_fingerprint: str
+    source: str = ""  # the recording's resolved path
+    source_size: int = 0  # bytes (of a rosbag2 folder: of its files)
+    source_mtime_ns: int = 0  # (of a rosbag2 folder: its newest file's)
+    tolerance_ms: float = 0.0
+    topics: dict[str, str] = field(default_factory=dict)  # camera -> topic, in rig order
+
+    @classmethod
+    def of(cls, source: Path, *, model_sha256: str, rig_fingerprint: str, tolerance_ms: float, topics: dict[str, str]) -> Self:
+        files = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
+        stats = [f.stat() for f in files]
+        return cls(
+            model_sha256=model_sha256,
+            rig_fingerprint=rig_fingerprint,
+            source=str(source.resolve()),
+            source_size=sum(s.st_size for s in stats),
+            source_mtime_ns=max((s.st_mtime_ns for s in stats), default=0),
+            tolerance_ms=float(tolerance_ms),
+            topics=dict(topics),
+        )
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """As the outputs record it: every value a string."""
+        return {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items()}
 
 
 class Output:
@@ -100,7 +122,7 @@ class _FileOutput(Output):
 
 class McapOutput(_FileOutput):
     def __init__(self, path: Path, rig: Rig, provenance: Provenance) -> None:
-        super().__init__(path, provenance, lambda p: BevMcapWriter(p, rig, metadata={"model_sha256": provenance.model_sha256}))
+        super().__init__(path, provenance, lambda p: BevMcapWriter(p, rig, metadata=provenance.as_dict()))
 
     def _provenance_of(self, path: Path) -> dict[str, str]:
         from mcap.reader import make_reader
@@ -123,7 +145,9 @@ class ParquetOutput(_FileOutput):
         super().__init__(
             path,
             provenance,
-            lambda p: BevParquetWriter(p, rig, drive=drive, model_sha256=provenance.model_sha256, stages=STAGES),
+            lambda p: BevParquetWriter(
+                p, rig, drive=drive, model_sha256=provenance.model_sha256, stages=STAGES, metadata=provenance.as_dict()
+            ),
         )
 
     def _provenance_of(self, path: Path) -> dict[str, str]:
@@ -145,6 +169,7 @@ class PngOutput(Output):
     def __init__(self, folder: Path, provenance: Provenance) -> None:
         self.folder, self.provenance = folder, provenance
         self._colours = palette()
+        self._recorded = False
         record = folder / PROVENANCE_FILE
         if record.exists():
             try:
@@ -162,9 +187,12 @@ class PngOutput(Output):
         return self._path(time_ns).exists()
 
     def write(self, time_ns: int, capture_time_ns: dict[str, int], timings_ms: dict[str, float], grid: Any) -> None:
-        if not self.folder.is_dir():
-            self.folder.mkdir(parents=True)
-            _write_atomically(self.folder / PROVENANCE_FILE, (json.dumps(self.provenance.as_dict(), indent=2) + "\n").encode())
+        if not self._recorded:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            record = self.folder / PROVENANCE_FILE
+            if not record.exists():  # a folder made beforehand has none: the PNGs must not go in unlabelled
+                _write_atomically(record, (json.dumps(self.provenance.as_dict(), indent=2) + "\n").encode())
+            self._recorded = True
         _write_atomically(self._path(time_ns), encode_label_png(grid, self._colours))
 
 
@@ -174,11 +202,20 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def output_for(fmt: OutputFormat, out: Path, drive: str, rig: Rig, provenance: Provenance) -> Output:
+def output_for(fmt: OutputFormat, out: Path, drive: str, rig: Rig, provenance: Provenance, source: Path) -> Output:
+    """The output of the recording ``source`` (named ``drive``) in ``out``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    target = out / (drive if fmt == "png" else f"{drive}.{fmt}")
+    if _same_or_inside(target, source):
+        raise RecordingError(f"{source}: the output would be the recording itself; write to another --out")
     if fmt == "mcap":
-        return McapOutput(out / f"{drive}.mcap", rig, provenance)
+        return McapOutput(target, rig, provenance)
     if fmt == "parquet":
-        return ParquetOutput(out / f"{drive}.parquet", rig, provenance, drive)
-    if fmt == "png":
-        return PngOutput(out / drive, provenance)
-    raise ValueError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return ParquetOutput(target, rig, provenance, drive)
+    return PngOutput(target, provenance)
+
+
+def _same_or_inside(path: Path, folder_or_file: Path) -> bool:
+    path, other = path.resolve(), folder_or_file.resolve()
+    return path == other or other in path.parents

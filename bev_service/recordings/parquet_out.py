@@ -5,7 +5,7 @@ camera, in rig order), ``rig_id``, ``rig_fingerprint``, ``model_sha256`` (string
 float64 per pipeline stage and ``total``), ``grid`` (``arrow.fixed_shape_tensor``, uint8, shape (rows, cols), the BEV
 grid as ``bev_service.geometry.grid`` lays it out). The schema's metadata holds the grid's metadata and the class
 table as JSON (keys ``bev.grid``, ``bev.classes``), the rig's fingerprint and the model's hash (``bev.rig_fingerprint``,
-``bev.model_sha256``). Read it back with::
+``bev.model_sha256``), and ``bev.<key>`` for each entry of the writer's ``metadata``. Read it back with::
 
     table = pyarrow.parquet.read_table(path)
     grids = table.column("grid").combine_chunks().to_numpy_ndarray()   # (frame sets, rows, cols) uint8
@@ -27,7 +27,7 @@ from bev_service.geometry.rig import Rig
 ROWS_PER_GROUP = 64
 
 
-def schema(rig: Rig, stages: Sequence[str], model_sha256: str = "") -> Any:
+def schema(rig: Rig, stages: Sequence[str], model_sha256: str = "", metadata: Mapping[str, str] | None = None) -> Any:
     import pyarrow as pa
 
     return pa.schema(
@@ -46,6 +46,7 @@ def schema(rig: Rig, stages: Sequence[str], model_sha256: str = "") -> Any:
             "bev.classes": json.dumps(class_table()),
             "bev.rig_fingerprint": rig.fingerprint,
             "bev.model_sha256": model_sha256,
+            **{f"bev.{k}": v for k, v in (metadata or {}).items()},
         },
     )
 
@@ -53,12 +54,21 @@ def schema(rig: Rig, stages: Sequence[str], model_sha256: str = "") -> Any:
 class BevParquetWriter:
     """Rows buffered and written a row group at a time, so a long drive never sits in memory whole."""
 
-    def __init__(self, path: str | Path, rig: Rig, *, drive: str, model_sha256: str, stages: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        rig: Rig,
+        *,
+        drive: str,
+        model_sha256: str,
+        stages: Sequence[str],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         import pyarrow.parquet as pq
 
         self.rig, self.drive, self.model_sha256 = rig, drive, model_sha256
         self.stages = (*stages, "total")
-        self.schema = schema(rig, self.stages, model_sha256)
+        self.schema = schema(rig, self.stages, model_sha256, metadata)
         self._writer = pq.ParquetWriter(str(path), self.schema)
         self._rows: list[tuple[int, Mapping[str, int], Mapping[str, float], NDArray[np.uint8]]] = []
 

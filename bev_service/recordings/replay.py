@@ -221,8 +221,14 @@ def _replay_one(
     options: ReplayOptions,
     progress: Callable[[int], None] | None,
 ) -> None:
-    provenance = Provenance(model_sha256=options.model_sha256, rig_fingerprint=pipeline.rig.fingerprint)
-    output = output_for(options.fmt, out, recording.name, pipeline.rig, provenance)
+    provenance = Provenance.of(
+        recording.path,
+        model_sha256=options.model_sha256,
+        rig_fingerprint=pipeline.rig.fingerprint,
+        tolerance_ms=options.tolerance_ms,
+        topics=recording.topics,
+    )
+    output = output_for(options.fmt, out, recording.name, pipeline.rig, provenance, recording.path)
     if output.complete:
         summary.already_written = -1
         log.info("%s: already written, skipped", recording.name)

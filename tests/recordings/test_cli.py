@@ -93,7 +93,33 @@ def test_outputs_of_another_model_are_neither_skipped_nor_added_to(
         out = capsys.readouterr().out
         assert f"FAILED: {outputs / name} exists from another run: model_sha256 {file_sha256(tiny_weights)}" in out
     provenance = json.loads((outputs / "drive" / "provenance.json").read_text())
-    assert provenance == {"model_sha256": file_sha256(tiny_weights), "rig_fingerprint": load_rig(DEFAULT_RIG).fingerprint}
+    stat = drive.mcap.stat()
+    assert provenance == {
+        "model_sha256": file_sha256(tiny_weights),
+        "rig_fingerprint": load_rig(DEFAULT_RIG).fingerprint,
+        "source": str(drive.mcap.resolve()),
+        "source_size": str(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),
+        "tolerance_ms": "20.0",
+        "topics": json.dumps({c: f"/cam/{c}/compressed" for c in CAMERAS}),
+    }
+
+
+def test_outputs_of_other_settings_or_another_recording_of_the_name_are_reported(
+    outputs: Path, drive: Drive, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = write_mcap(tmp_path / "drive.mcap", drive_images(drive, {(1, "rear"): 5.0}))
+    swapped = "--topics=front=/cam/rear/compressed,rear=/cam/front/compressed"
+    capsys.readouterr()
+    for recording, fmt, extra, differs in (
+        (drive.mcap, "mcap", ["--tolerance-ms", "30"], "tolerance_ms 20.0 (now 30.0)"),
+        (drive.mcap, "parquet", [swapped], 'topics {"front": "/cam/front/compressed", '),
+        (other, "png", [], f"source {drive.mcap.resolve()} (now {other.resolve()})"),
+    ):
+        assert replay([recording], outputs, tiny_weights, "--format", fmt, *extra) == 1
+        out = capsys.readouterr().out
+        assert "exists from another run: " in out and differs in out, out
+    assert len(mcap_grids(outputs / "drive.mcap")) == FRAMES
 
 
 def test_a_recording_with_every_frame_set_skipped_still_completes(
@@ -186,3 +212,23 @@ def test_synth_mcap_alone_records_the_same_drive(drive: Drive, tmp_path: Path) -
     messages = list(iter_camera_messages(open_recording(path, CAMERAS)))
     assert {m.camera: m.data for m in messages} == drive.jpegs[0]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_pngs_into_a_folder_that_exists_record_their_provenance(drive: Drive, tiny_weights: Path, tmp_path: Path) -> None:
+    (tmp_path / "drive").mkdir()  # made beforehand, empty
+    assert replay([drive.mcap], tmp_path, tiny_weights, "--format", "png") == 0
+    assert len(list((tmp_path / "drive").glob("*.png"))) == FRAMES
+    provenance = json.loads((tmp_path / "drive" / "provenance.json").read_text())
+    assert provenance["model_sha256"] == file_sha256(tiny_weights)
+
+
+@pytest.mark.parametrize("fmt", ["png", "mcap"])
+def test_an_output_that_would_be_the_recording_itself_is_refused(
+    drive: Drive, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """PNGs of the rosbag2 folder ``bag`` into ``bag`` itself, or ``drive.mcap`` replayed over itself."""
+    recording = write_rosbag2(tmp_path / "bag", drive_images(drive), storage="sqlite3") if fmt == "png" else drive.mcap
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in recording.parent.rglob("*"))
+    assert replay([recording], recording.parent, tiny_weights, "--format", fmt) == 1
+    assert f"FAILED: {recording}: the output would be the recording itself; write to another --out" in capsys.readouterr().out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in recording.parent.rglob("*")) == before
