@@ -15,7 +15,7 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -34,7 +34,9 @@ Kind = Literal["mcap", "rosbag2"]
 @dataclass(frozen=True)
 class CameraMessage:
     """One camera image of a recording. ``capture_time_ns`` is its header stamp, or its log time when the stamp is
-    unset (zero)."""
+    unset (zero). A message that does not decode comes with ``error`` set and no data, its capture time estimated from
+    its log time (as the topic's message before it was logged after its capture), so that the frame set it was meant
+    for is skipped with the reason rather than the whole recording."""
 
     camera: str
     topic: str
@@ -42,6 +44,26 @@ class CameraMessage:
     log_time_ns: int
     data: bytes = field(repr=False)
     format: str
+    error: str = ""
+
+
+class _Undecodable:
+    """Per topic: how far behind its capture the last good message was logged, to place one that does not decode."""
+
+    def __init__(self, camera_of: Mapping[str, str]) -> None:
+        self._camera_of = camera_of
+        self._delay_ns: dict[str, int] = {}
+
+    def good(self, topic: str, capture_time_ns: int, log_time_ns: int) -> None:
+        self._delay_ns[topic] = log_time_ns - capture_time_ns
+
+    def message(self, topic: str, log_time_ns: int, exc: Exception) -> CameraMessage:
+        camera = self._camera_of[topic]
+        logged = f"{log_time_ns // 1_000_000_000}.{log_time_ns % 1_000_000_000:09d} s"
+        error = f"undecodable image of {camera} ({topic}, logged at {logged}): {type(exc).__name__}: {exc}"
+        log.warning("%s", error)
+        capture_ns = log_time_ns - self._delay_ns.get(topic, 0)
+        return CameraMessage(camera, topic, capture_ns, log_time_ns, b"", "", error=error)
 
 
 @dataclass(frozen=True)
@@ -174,12 +196,18 @@ def _iter_mcap(recording: Recording, start_ns: int | None, end_ns: int | None) -
 
     camera_of = {topic: camera for camera, topic in recording.topics.items()}
     ros_decoders = DecoderFactory()
-    decoders: dict[int, Any] = {}
+    decoders: dict[int, ImageDecoder] = {}
+    undecodable = _Undecodable(camera_of)
     with recording.path.open("rb") as f:
         for schema, channel, message in _mcap_messages(f, list(camera_of), start_ns, end_ns):
             if channel.id not in decoders:
                 decoders[channel.id] = _image_decoder(recording.path, schema, channel, ros_decoders)
-            stamp_ns, data, image_format = decoders[channel.id](message.data)
+            try:  # the chunk it came in passed its CRC: what fails here is this message alone
+                stamp_ns, data, image_format = decoders[channel.id](message.data)
+            except Exception as exc:  # JSON without data, bad base64, CDR or protobuf that does not parse, ...
+                yield undecodable.message(channel.topic, message.log_time, exc)
+                continue
+            undecodable.good(channel.topic, stamp_ns or message.log_time, message.log_time)
             yield CameraMessage(
                 camera=camera_of[channel.topic],
                 topic=channel.topic,
@@ -209,7 +237,7 @@ def _mcap_messages(f: BinaryIO, topics: list[str], start_ns: int | None, end_ns:
     yield from linear.iter_messages(topics=topics, starting_at=start_ns, ending_before=end_ns, log_time_order=False)
 
 
-ImageDecoder = Any  # Callable[[bytes], tuple[int, bytes, str]]: (stamp ns, image bytes, format)
+ImageDecoder = Callable[[bytes], tuple[int, bytes, str]]  # message bytes -> (stamp ns, image bytes, format)
 
 
 def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> ImageDecoder:
@@ -251,16 +279,23 @@ def _iter_rosbag2(recording: Recording, start_ns: int | None, end_ns: int | None
 
     camera_of = {topic: camera for camera, topic in recording.topics.items()}
     store = ros.typestore()
+    undecodable = _Undecodable(camera_of)
     with Reader(recording.path) as reader:
         connections = [c for c in reader.connections if c.topic in camera_of]
         for connection, log_time, raw in reader.messages(connections=connections, start=start_ns, stop=end_ns):
-            msg = store.deserialize_cdr(raw, connection.msgtype)
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            try:  # as for MCAP: one message that does not parse skips its frame set, not the recording
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                data = bytes(msg.data)
+            except Exception as exc:
+                yield undecodable.message(connection.topic, log_time, exc)
+                continue
+            undecodable.good(connection.topic, stamp or log_time, log_time)
             yield CameraMessage(
                 camera=camera_of[connection.topic],
                 topic=connection.topic,
                 capture_time_ns=stamp or log_time,
                 log_time_ns=log_time,
-                data=bytes(msg.data),
+                data=data,
                 format=str(msg.format),
             )

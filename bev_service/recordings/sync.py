@@ -8,8 +8,9 @@ camera's image up to ``tolerance_ns`` before it; its time is that earliest image
 camera gives its next image when it lies within ``tolerance_ns`` after the anchor. Otherwise that image is *out of
 tolerance* when it is nearer the anchor than the next frame set (less than half a frame-set period away: it was meant
 for this frame set, and is dropped with it), else the camera is *missing* (the image belongs to a later frame set and
-waits for it). A frame set with a camera missing or out of tolerance is reported, with its time and the cameras, and
-skipped: never filled from another moment.
+waits for it). A frame set with a camera missing or out of tolerance, or with an image that did not decode (a
+``CameraMessage`` with its ``error`` set), is reported, with its time and the cameras, and skipped: never filled from
+another moment.
 
 Streaming: images come in log-time order and wait in per-camera queues sorted by capture time. A frame set is decided
 once images logged ``horizon_ns`` after its first image was logged have been seen (or the stream ends), so memory
@@ -172,19 +173,23 @@ class FrameSetGrouper:
         images: dict[str, CameraMessage] = {}
         missing: list[str] = []
         late: dict[str, float] = {}
+        broken: list[str] = []  # images that did not decode
         for camera in self.cameras:
             queue = self._queues[camera]
             offset = queue[0][0] - anchor if queue else None
             if offset is not None and 0 <= offset <= self.tolerance_ns:
                 images[camera] = queue.pop(0)[2]
+                broken.extend([images[camera].error] if images[camera].error else [])
             elif offset is not None and frame_period is not None and 2 * abs(offset) < frame_period:
-                queue.pop(0)
+                message = queue.pop(0)[2]
+                broken.extend([message.error] if message.error else [])
                 late[camera] = round(offset / 1e6, 3)
             else:
                 missing.append(camera)
         self._decided_ns = anchor
-        if missing or late:
-            return SkippedFrameSet(time_ns=anchor, missing=tuple(missing), out_of_tolerance=late, log_time_ns=log_ns)
+        if missing or late or broken:
+            error = "; ".join(broken)
+            return SkippedFrameSet(anchor, tuple(missing), out_of_tolerance=late, error=error, log_time_ns=log_ns)
         return FrameSet(time_ns=anchor, images=images, log_time_ns=log_ns)
 
 

@@ -12,7 +12,15 @@ import pytest
 from mcap.writer import IndexType
 
 from bev_service.errors import RecordingError
-from bev_service.recordings import FrameSet, group_frame_sets, iter_camera_messages, open_recording, parse_topic_map, ros
+from bev_service.recordings import (
+    FrameSet,
+    SkippedFrameSet,
+    group_frame_sets,
+    iter_camera_messages,
+    open_recording,
+    parse_topic_map,
+    ros,
+)
 from bev_service.recordings.mcap_out import CameraRecordingWriter
 from tests.recordings.conftest import CAMERAS, FRAMES, Drive, drive_images, write_mcap, write_rosbag2
 
@@ -169,3 +177,31 @@ def test_reading_streams_a_long_recording(tmp_path: Path, layout: str) -> None:
     assert recording.topics == {c: f"/cam/{c}/compressed" for c in CAMERAS}
     assert count == 200
     assert peak < 16e6, f"peak {peak / 1e6:.1f} MB"
+
+
+BAD_PAYLOADS = {
+    "ros2": lambda good: good[:12],  # CDR cut off inside the header
+    "json": lambda good: b'{"timestamp": {"sec": 1, "nsec": 0}, "format": "jpeg"}',  # no data
+    "protobuf": lambda good: b"\x0a\xff\xff",  # a length-delimited field longer than the message
+}
+
+
+@pytest.mark.parametrize("encoding", BAD_PAYLOADS)
+def test_one_undecodable_message_skips_only_its_frame_set(drive: Drive, tmp_path: Path, encoding: str) -> None:
+    """Frame set 1's front message does not decode: it is reported with its topic and log time, the others pass."""
+    path = tmp_path / f"bad_{encoding}.mcap"
+    bad_log_ns = drive.stamp_ns(1) + 1_000_000
+    with CameraRecordingWriter(path, encoding=encoding) as writer:  # type: ignore[arg-type]
+        for camera, stamp, data in sorted(drive_images(drive), key=lambda i: i[1]):
+            if (camera, stamp) != ("front", drive.stamp_ns(1)):
+                writer.write_image(camera, stamp, data, log_time_ns=stamp + 1_000_000)
+                continue
+            channel = writer.channel("/cam/front/compressed", "", "", b"", "")  # registered with frame set 0's image
+            good = ros.serialize(ros.compressed_image(stamp, "front_optical_frame", data, "jpeg"))
+            writer.writer.add_message(channel, log_time=bad_log_ns, data=BAD_PAYLOADS[encoding](good), publish_time=bad_log_ns)
+    grouped = list(group_frame_sets(iter_camera_messages(open_recording(path, CAMERAS)), CAMERAS, tolerance_ns=TOLERANCE_NS))
+    assert [type(g).__name__ for g in grouped] == ["FrameSet", "SkippedFrameSet", "FrameSet"]
+    skipped = grouped[1]
+    assert isinstance(skipped, SkippedFrameSet) and skipped.time_ns == drive.stamp_ns(1)
+    assert skipped.reason.startswith("undecodable image of front (/cam/front/compressed, logged at 1700000000.101000000 s): ")
+    assert [g.time_ns for g in grouped] == [drive.stamp_ns(i) for i in range(FRAMES)]
