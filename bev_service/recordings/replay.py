@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bev_service.errors import FrameError, RecordingError
+from bev_service.errors import BevError, FrameError, RecordingError
 from bev_service.recordings.outputs import OutputFormat, Provenance, output_for
 from bev_service.recordings.sources import Recording, iter_camera_messages, open_recording
 from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, FrameSetGrouper, SkippedFrameSet
@@ -190,9 +190,9 @@ def replay_recordings(
     progress: Callable[[int], None] | None = None,
     on_open: Callable[[Recording], None] | None = None,
 ) -> list[RecordingSummary]:
-    """Each recording replayed whole into ``out``; a recording that fails (unreadable, a camera's topic missing)
-    gets its error in its summary and the others still run. ``progress`` counts frame sets, ``on_open`` sees each
-    recording once its index is read."""
+    """Each recording replayed whole into ``out``; a recording that fails (unreadable, a camera's topic missing, any
+    other ``BevError`` while it runs) gets its error in its summary and the others still run. ``progress`` counts
+    frame sets, ``on_open`` sees each recording once its index is read."""
     names = [Path(p).stem if Path(p).is_file() else Path(p).name for p in paths]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -207,9 +207,9 @@ def replay_recordings(
             if on_open is not None:
                 on_open(recording)
             _replay_one(summary, recording, out, pipeline, options, progress)
-        except RecordingError as exc:
+        except BevError as exc:  # any domain's (a FrameError, a ModelError): this recording's outcome, not the run's
             summary.error = str(exc)
-            log.error("%s", exc)
+            log.error("%s: %s", summary.path, exc)
     return summaries
 
 

@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bev_service.errors import RecordingError
+from bev_service.errors import ModelError, RecordingError
 from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
-from bev_service.recordings import iter_camera_messages, iter_shard, open_recording, replay_shard, time_windows
+from bev_service.recordings import (
+    Recording,
+    iter_camera_messages,
+    iter_shard,
+    open_recording,
+    replay_recordings,
+    replay_shard,
+    time_windows,
+)
 from bev_service.recordings.mcap_out import CameraRecordingWriter
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 from bev_service.runtime.torch_backend import TorchSegmenter
@@ -156,3 +164,16 @@ def test_malformed_recordings_name_the_file(drive: Drive, tmp_path: Path) -> Non
     (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 9}\n")
     with pytest.raises(RecordingError, match=r"bag: unreadable recording"):
         open_recording(bag, CAMERAS)
+
+
+def test_any_domain_error_in_one_recording_leaves_the_others_to_run(drive: Drive, pipeline: BevPipeline, tmp_path: Path) -> None:
+    """A FrameError or ModelError (not only a RecordingError) while one recording runs is that recording's error."""
+    first = write_mcap(tmp_path / "first.mcap", drive_images(drive))
+
+    def opened(recording: Recording) -> None:
+        if recording.name == "first":
+            raise ModelError("the network gave 9 classes, the grid has 8")
+
+    summaries = replay_recordings([first, drive.mcap], tmp_path / "out", pipeline, on_open=opened)
+    assert summaries[0].error == "the network gave 9 classes, the grid has 8" and summaries[0].written == 0
+    assert summaries[1].error is None and summaries[1].written == FRAMES
