@@ -9,11 +9,14 @@ grid's rear-right corner (x_min, y_min, 0), message column i is the i-th cell fr
 
     message_cells[j, i] = bev[rows - 1 - i, cols - 1 - j],   i.e.  message_cells = bev[::-1, ::-1].T
 
-OccupancyGrid values (int8; ROS reads 0..100 as occupancy, -1 as unknown), exactly:
-    class id k (0..7, ``bev_service.classes``)  ->  k
-    ego (254, the vehicle's footprint)          ->  100 (occupied)
-    unknown (255, seen by no camera)            ->  -1
-``bev_from_occupancy`` inverts it.
+``foxglove.Grid`` carries the class ids themselves (field ``class_id``, beside the colours). ``OccupancyGrid`` is an
+occupancy map, as ROS tools (RViz, nav2 costmaps) read it: int8, 0 free, 100 occupied, -1 unknown, exactly:
+    ground classes (road, lane_marking, curb_sidewalk, terrain: ``ground`` in ``bev_service.classes``)  ->  0
+    vehicle, pedestrian, static_obstacle                                                                ->  100
+    background (seen, and not ground: walls, buildings, anything standing off the ground plane)         ->  100
+    ego (254, the vehicle's own footprint)                                                              ->  100
+    unknown (255, seen by no camera)                                                                    ->  -1
+Background counts as occupied: it is not ground to drive on, and in a BEV cell it is mostly the foot of a wall.
 """
 
 from __future__ import annotations
@@ -23,11 +26,31 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bev_service.classes import NUM_CLASSES, palette
+from bev_service.classes import CLASSES, NUM_CLASSES, palette
 from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
 
-OCCUPANCY_EGO = 100
+OCCUPIED = 100
+FREE = 0
 OCCUPANCY_UNKNOWN = -1
+
+
+def _occupancy_table() -> NDArray[np.int8]:
+    """(256,) OccupancyGrid value by BEV value (``bev_service.classes``); values that are no class stay 0 (refused)."""
+    table = np.zeros(256, dtype=np.int8)
+    for c in CLASSES:
+        table[c.id] = FREE if c.ground else OCCUPIED
+    table[EGO] = OCCUPIED
+    table[UNKNOWN] = OCCUPANCY_UNKNOWN
+    return table
+
+
+OCCUPANCY_FROM_BEV = _occupancy_table()
+
+
+def occupancy_values() -> dict[str, int]:
+    """{class name (and ego, unknown): OccupancyGrid value}, as output metadata records it."""
+    names = {c.id: c.name for c in CLASSES} | {EGO: "ego", UNKNOWN: "unknown"}
+    return {name: int(OCCUPANCY_FROM_BEV[value]) for value, name in names.items()}
 
 
 def message_cells(bev: NDArray[Any]) -> NDArray[Any]:
@@ -50,17 +73,21 @@ def occupancy_from_bev(bev: NDArray[np.uint8]) -> NDArray[np.int8]:
     """BEV values to OccupancyGrid values (same shape), as the module docstring maps them."""
     if bev.size and int(bev[(bev != EGO) & (bev != UNKNOWN)].max(initial=0)) >= NUM_CLASSES:
         raise ValueError(f"grid values are class ids below {NUM_CLASSES}, {EGO} or {UNKNOWN}")
-    out = bev.astype(np.int8)  # class ids 0..7 keep their value
-    out[bev == EGO] = OCCUPANCY_EGO
-    out[bev == UNKNOWN] = OCCUPANCY_UNKNOWN
-    return out
+    return OCCUPANCY_FROM_BEV[bev]
 
 
-def bev_from_occupancy(values: NDArray[np.int8]) -> NDArray[np.uint8]:
-    out = values.astype(np.uint8)
-    out[values == OCCUPANCY_EGO] = EGO
-    out[values == OCCUPANCY_UNKNOWN] = UNKNOWN
-    return out
+def message_layout(grid: BevGrid, frame_id: str) -> dict[str, Any]:
+    """How both messages lay the BEV grid out (see the module docstring), as output metadata records it."""
+    rows, cols = grid.shape
+    return {
+        "frame_id": frame_id,
+        "origin_xy_m": list(origin_xy_m(grid)),
+        "width": rows,
+        "height": cols,
+        "cell": "message[j, i] = bev[rows - 1 - i, cols - 1 - j]",
+        "columns_along": "+x",
+        "rows_along": "+y",
+    }
 
 
 def coloured_cells(bev: NDArray[np.uint8]) -> NDArray[np.uint8]:

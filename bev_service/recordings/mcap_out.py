@@ -2,12 +2,16 @@
 
 BEV results, per frame set at its time (log and publish time alike):
   /bev/grid              foxglove.Grid (JSON): class id and red, green, blue, alpha per cell (layout: ``gridmsg``)
-  /bev/occupancy         nav_msgs/msg/OccupancyGrid (CDR): class ids as int8 (mapping: ``gridmsg``)
+  /bev/occupancy         nav_msgs/msg/OccupancyGrid (CDR): ground 0, obstacles, background and ego 100, unknown -1
+                         (``gridmsg``)
 and once, at the first frame set's time:
   /tf                    foxglove.FrameTransform (JSON): vehicle_from_camera of each posed camera
   /<camera>/calibration  foxglove.CameraCalibration (JSON)
   /<camera>/camera_info  sensor_msgs/msg/CameraInfo (CDR; distortion_model equidistant for Kannala-Brandt cameras)
-Grids are in the frame ``vehicle``; camera ``c`` is the frame ``c_optical_frame`` (OpenCV optical axes).
+Grids are in the frame ``vehicle``; camera ``c`` is the frame ``c_optical_frame`` (OpenCV optical axes). The
+metadata record ``bev`` holds the rig's id and fingerprint, the BEV picture's grid metadata (``grid``, its rows and
+columns as ``bev_service.geometry.grid`` lays them out), the class table, ``message_layout`` (how both messages lay
+that picture out: message[j, i] = bev[rows - 1 - i, cols - 1 - j], origin (x_min, y_min)) and ``occupancy_values``.
 """
 
 from __future__ import annotations
@@ -140,7 +144,8 @@ class BevMcapWriter(_McapFile):
                 "rig_fingerprint": rig.fingerprint,
                 "grid": json.dumps(rig.grid.metadata()),
                 "classes": json.dumps(class_table()),
-                "occupancy_values": "class id k -> k, ego 254 -> 100, unknown 255 -> -1",
+                "message_layout": json.dumps(gridmsg.message_layout(rig.grid, VEHICLE_FRAME_ID)),
+                "occupancy_values": json.dumps(gridmsg.occupancy_values()),
                 **(metadata or {}),
             },
         )

@@ -4,6 +4,7 @@ name while the others complete. ``bev synth --mcap`` refuses options that do not
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -30,15 +31,22 @@ def replay(recordings: list[Path], out: Path, weights: Path, *extra: str) -> int
 
 
 def mcap_grids(path: Path) -> list[np.ndarray]:
-    """The OccupancyGrids of a BEV MCAP, back in the BEV layout."""
+    """The class ids of a BEV MCAP's foxglove.Grid messages, back in the BEV layout; its OccupancyGrids agree."""
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
     with path.open("rb") as f:
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
-        messages = [m for _, _, _, m in reader.iter_decoded_messages(topics=["/bev/occupancy"])]
-    cells = [np.asarray(m.data, dtype=np.int8).reshape(m.info.height, m.info.width) for m in messages]
-    return [gridmsg.bev_from_message_cells(gridmsg.bev_from_occupancy(c)) for c in cells]
+        grids = [json.loads(m.data) for _, _, m in reader.iter_messages(topics=["/bev/grid"])]
+        occupancy = [m for _, _, _, m in reader.iter_decoded_messages(topics=["/bev/occupancy"])]
+    bevs = []
+    for grid, occ in zip(grids, occupancy, strict=True):
+        cells = np.frombuffer(base64.b64decode(grid["data"]), dtype=np.uint8).reshape(-1, grid["column_count"], 5)
+        bev = gridmsg.bev_from_message_cells(cells[..., 0])
+        values = np.asarray(occ.data, dtype=np.int8).reshape(occ.info.height, occ.info.width)
+        np.testing.assert_array_equal(gridmsg.bev_from_message_cells(values), gridmsg.occupancy_from_bev(bev))
+        bevs.append(bev)
+    return bevs
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,20 @@ def written(rig: Rig, bev: np.ndarray, tmp_path_factory: pytest.TempPathFactory)
             topics.setdefault(channel.topic, []).append((schema, decoded))
         metadata = {m.name: m.metadata for m in reader.iter_metadata()}
     assert metadata["bev"]["model_sha256"] == "abc" and json.loads(metadata["bev"]["grid"])["rows"] == 400
+    layout = json.loads(metadata["bev"]["message_layout"])
+    assert layout == {
+        "frame_id": "vehicle",
+        "origin_xy_m": [-6.0, -5.0],
+        "width": 400,
+        "height": 240,
+        "cell": "message[j, i] = bev[rows - 1 - i, cols - 1 - j]",
+        "columns_along": "+x",
+        "rows_along": "+y",
+    }
+    assert json.loads(metadata["bev"]["occupancy_values"]) == {
+        "background": 100, "road": 0, "lane_marking": 0, "curb_sidewalk": 0, "terrain": 0,
+        "vehicle": 100, "pedestrian": 100, "static_obstacle": 100, "ego": 100, "unknown": -1,
+    }  # fmt: skip
     return topics
 
 
@@ -77,11 +91,15 @@ def test_occupancy_grid_puts_the_cell_where_the_vehicle_frame_has_it(written: di
     assert (q.x, q.y, q.z, q.w) == (0.0, 0.0, 0.0, 1.0)
     assert (info.origin.position.x, info.origin.position.y) == (-6.0, -5.0), "the corner of cell (0, 0): x_min, y_min"
     cells = np.asarray(msg.data, dtype=np.int8).reshape(info.height, info.width)
-    np.testing.assert_allclose(centre_of_only(cells, PEDESTRIAN, (-6.0, -5.0), (0.05, 0.05)), POINT_XY_M, atol=0.025)
-    assert set(np.unique(cells).tolist()) == {-1, 1, PEDESTRIAN, 100}
+    assert set(np.unique(cells).tolist()) == {-1, 0, 100}, "free road, an occupied pedestrian and ego, unknown"
+    # the pedestrian is the one occupied cell outside the ego box (message rows 110..149 from the right, columns
+    # 180..219 from the back: bev[180:220, 90:130] mirrored)
+    occupied = cells == 100
+    occupied[240 - 130 : 240 - 90, 400 - 220 : 400 - 180] = False
+    np.testing.assert_allclose(centre_of_only(occupied, True, (-6.0, -5.0), (0.05, 0.05)), POINT_XY_M, atol=0.025)
     # unknown is the forward-most 2 m: the last 40 message columns (largest x)
     assert (cells[:, -40:] == -1).all() and (cells[:, :-40] != -1).all()
-    np.testing.assert_array_equal(gridmsg.bev_from_message_cells(gridmsg.bev_from_occupancy(cells)), bev)
+    np.testing.assert_array_equal(gridmsg.bev_from_message_cells(cells), gridmsg.occupancy_from_bev(bev))
 
 
 def test_foxglove_grid_puts_the_cell_where_the_vehicle_frame_has_it(written: dict[str, Any]) -> None:
@@ -105,10 +123,11 @@ def test_foxglove_grid_puts_the_cell_where_the_vehicle_frame_has_it(written: dic
     assert (cells[cells[..., 0] == 1][:, 1:] == [*palette()[1], 255]).all()
 
 
-def test_occupancy_values_map_as_documented() -> None:
-    bev = np.array([[0, 1, 7, EGO, UNKNOWN]], dtype=np.uint8)
-    np.testing.assert_array_equal(gridmsg.occupancy_from_bev(bev), [[0, 1, 7, 100, -1]])
-    np.testing.assert_array_equal(gridmsg.bev_from_occupancy(gridmsg.occupancy_from_bev(bev)), bev)
+def test_occupancy_values_are_an_occupancy_map() -> None:
+    """Ground free (0), anything standing on it occupied (100), as ROS tools (RViz, nav2) read OccupancyGrid."""
+    bev = np.array([[0, 1, 2, 3, 4, 5, 6, 7, EGO, UNKNOWN]], dtype=np.uint8)
+    np.testing.assert_array_equal(gridmsg.occupancy_from_bev(bev), [[100, 0, 0, 0, 0, 100, 100, 100, 100, -1]])
+    assert gridmsg.occupancy_from_bev(bev).dtype == np.int8
     with pytest.raises(ValueError, match="class ids below 8"):
         gridmsg.occupancy_from_bev(np.array([[9]], dtype=np.uint8))
 
