@@ -17,6 +17,7 @@ from bev_service.geometry.projector import BevProjector
 from bev_service.geometry.rig import Rig
 from bev_service.recordings import (
     Recording,
+    ReplayOptions,
     iter_camera_messages,
     iter_shard,
     open_recording,
@@ -25,6 +26,7 @@ from bev_service.recordings import (
     time_windows,
 )
 from bev_service.recordings.mcap_out import CameraRecordingWriter
+from bev_service.recordings.outputs import OutputFormat
 from bev_service.runtime.pipeline import STAGES, BevPipeline
 from bev_service.runtime.torch_backend import TorchSegmenter
 from tests.networks import TINY, one_torch_thread, tiny_model
@@ -177,3 +179,30 @@ def test_any_domain_error_in_one_recording_leaves_the_others_to_run(drive: Drive
     summaries = replay_recordings([first, drive.mcap], tmp_path / "out", pipeline, on_open=opened)
     assert summaries[0].error == "the network gave 9 classes, the grid has 8" and summaries[0].written == 0
     assert summaries[1].error is None and summaries[1].written == FRAMES
+
+
+class CrashError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fmt", ["mcap", "parquet", "png"])
+def test_a_failure_mid_write_leaves_nothing_half_written_and_the_next_run_redoes_it(
+    drive: Drive, pipeline: BevPipeline, tmp_path: Path, fmt: OutputFormat
+) -> None:
+    """A crash once the first frame set is written: no MCAP or Parquet output at all (nor a .partial), the PNGs
+    written whole; the next run writes everything that is missing."""
+    out = tmp_path / "out"
+
+    def crash(n: int) -> None:
+        raise CrashError
+
+    with pytest.raises(CrashError):
+        replay_recordings([drive.mcap], out, pipeline, ReplayOptions(fmt=fmt), progress=crash)
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    first_png = f"drive/{drive.stamp_ns(0):019d}.png"
+    assert left == ([first_png, "drive/provenance.json"] if fmt == "png" else [])
+    [summary] = replay_recordings([drive.mcap], out, pipeline, ReplayOptions(fmt=fmt))
+    assert summary.error is None and summary.skipped == []
+    assert (summary.written, summary.already_written) == ((FRAMES - 1, 1) if fmt == "png" else (FRAMES, 0))
+    [again] = replay_recordings([drive.mcap], out, pipeline, ReplayOptions(fmt=fmt))
+    assert again.written == 0 and again.already_written == (FRAMES if fmt == "png" else -1)
