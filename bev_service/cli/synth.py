@@ -167,17 +167,22 @@ def drive_recorder(
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with CameraRecordingWriter(partial, encoding=encoding) as writer:
-        provenance = {"rig_id": rig.rig_id, "rig_fingerprint": rig.fingerprint, "seed": seed, "scale": scale,
-                      "frames": plan.frames, "fps": plan.fps, "speed_mps": plan.speed_mps}  # fmt: skip
-        writer.writer.add_metadata("bev.synth", {k: str(v) for k, v in provenance.items()})
+    try:
+        with CameraRecordingWriter(partial, encoding=encoding) as writer:
+            provenance = {"rig_id": rig.rig_id, "rig_fingerprint": rig.fingerprint, "seed": seed, "scale": scale,
+                          "frames": plan.frames, "fps": plan.fps, "speed_mps": plan.speed_mps}  # fmt: skip
+            writer.writer.add_metadata("bev.synth", {k: str(v) for k, v in provenance.items()})
 
-        def record(frame: DriveFrame) -> None:
-            stamp_ns = DRIVE_EPOCH_NS + round(frame.timestamp_s * 1e9)
-            for i, name in enumerate(frame.frame_set.camera_names):
-                writer.write_image(name, stamp_ns, frame.frame_set.jpeg[name], log_time_ns=stamp_ns + (i + 1) * 1_000_000)
+            def record(frame: DriveFrame) -> None:
+                stamp_ns = DRIVE_EPOCH_NS + round(frame.timestamp_s * 1e9)
+                for i, name in enumerate(frame.frame_set.camera_names):
+                    log_ns = stamp_ns + (i + 1) * 1_000_000
+                    writer.write_image(name, stamp_ns, frame.frame_set.jpeg[name], log_time_ns=log_ns)
 
-        yield record
+            yield record
+    except BaseException:  # a drive cut short is no recording: leave nothing that looks like one
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(path)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.cli.main import main
+from bev_service.geometry.rig import Rig
 from bev_service.imageio import read_labels
 from bev_service.recordings import gridmsg
 from bev_service.runtime.int8 import file_sha256
@@ -250,3 +251,14 @@ def test_an_output_that_would_be_the_recording_itself_is_refused(
     assert replay([recording], recording.parent, tiny_weights, "--format", fmt) == 1
     assert f"FAILED: {recording}: the output would be the recording itself; write to another --out" in capsys.readouterr().out
     assert sorted((p.name, p.stat().st_mtime_ns) for p in recording.parent.rglob("*")) == before
+
+
+def test_a_drive_recording_cut_short_leaves_no_partial_file(rig: Rig, tmp_path: Path) -> None:
+    from bev_service.cli.synth import drive_recorder
+    from bev_service.synth.drive import DrivePlan
+
+    path = tmp_path / "drive.mcap"
+    plan = DrivePlan(frames=1, speed_mps=8.0, fps=10.0, start_s_m=0.0)
+    with pytest.raises(KeyboardInterrupt), drive_recorder(path, rig, plan, seed=0, scale=0.25, encoding="ros2"):
+        raise KeyboardInterrupt  # as a rendering error or ctrl-C between frame sets would
+    assert list(tmp_path.iterdir()) == []
