@@ -1,22 +1,22 @@
 """Camera images to frame sets by capture time: one image per camera within a tolerance of the frame set's time.
 
-Each camera's period is the (lower) median interval between its recent images; the frame-set period is the slowest camera's.
-Cameras at least a third faster than that (a 30 Hz camera on a 10 Hz rig, say) are *fast*: they never open a frame
-set of their own, and of their images only the one nearest each frame set takes part; the others are *extras*,
-counted and passed over. A frame set opens at the earliest image of the other (*pacing*) cameras, or at a fast
-camera's image up to ``tolerance_ns`` before it; its time is that earliest image's capture time (the anchor). Each
-camera gives its next image when it lies within ``tolerance_ns`` after the anchor. Otherwise that image is *out of
-tolerance* when it is nearer the anchor than the next frame set (less than half a frame-set period away: it was meant
-for this frame set, and is dropped with it), else the camera is *missing* (the image belongs to a later frame set and
-waits for it). A frame set with a camera missing or out of tolerance, or with an image that did not decode (a
+Each camera's period is the (lower) median interval between its recent images; the frame-set period is the slowest
+camera's. Cameras at least a third faster than that (a 30 Hz camera on a 10 Hz rig, say) are *fast*: they never open
+a frame set of their own, and of their images only the one nearest each frame set takes part; the others are
+*extras*, counted and passed over. A frame set opens at the earliest image of the other (*pacing*) cameras, or at a
+fast camera's image up to ``tolerance_ns`` before it; its time is that earliest image's capture time (the anchor).
+Each camera gives its next image when it lies within ``tolerance_ns`` after the anchor. Otherwise that image is *out
+of tolerance* when it is nearer the anchor than the next frame set (less than half a frame-set period away: it was
+meant for this frame set, and is dropped with it), else the camera is *missing* (the image belongs to a later frame
+set and waits for it). A frame set with a camera missing or out of tolerance, or with an image that did not decode (a
 ``CameraMessage`` with its ``error`` set), is reported, with its time and the cameras, and skipped: never filled from
 another moment.
 
-Streaming: images come in log-time order and wait in per-camera queues sorted by capture time. A frame set is decided
-once images logged ``horizon_ns`` after its first image was logged have been seen (or the stream ends), so memory
-holds about ``horizon_ns`` of images, whatever the stamps say: an image stamped far off the others (a sensor clock
-reset, say) is reported alone, not taken as a sign that time has moved on. An image that arrives after a frame set
-later than it was decided is counted as late and dropped.
+Streaming: images come in the order they were logged (log-time order, or near it) and wait in per-camera queues
+sorted by capture time. A frame set is decided once images logged ``horizon_ns`` after its first image was logged
+have been seen (or the stream ends), so memory holds about ``horizon_ns`` of images whatever the stamps say: an image
+stamped far off the others (a sensor clock reset, say) is reported alone, not taken as a sign that time has moved on.
+An image that arrives after a frame set later than it was decided is counted as late and dropped.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ Queued = tuple[int, int, CameraMessage]  # capture time, arrival order (ties kee
 
 
 class FrameSetGrouper:
-    """Push camera images in log-time order, take frame sets (and skipped ones) in time order; ``finish`` at the end."""
+    """Push camera images as they were logged, take frame sets (and skipped ones) in time order; ``finish`` at the end."""
 
     def __init__(self, cameras: Sequence[str], *, tolerance_ns: int, horizon_ns: int = DEFAULT_HORIZON_NS) -> None:
         if not cameras:
