@@ -15,8 +15,9 @@ another moment.
 Streaming: images come in the order they were logged (log-time order, or near it) and wait in per-camera queues
 sorted by capture time. A frame set is decided once images logged ``horizon_ns`` after its first image was logged
 have been seen (or the stream ends), so memory holds about ``horizon_ns`` of images whatever the stamps say: an image
-stamped far off the others (a sensor clock reset, say) is reported alone, not taken as a sign that time has moved on.
-An image that arrives after a frame set later than it was decided is counted as late and dropped.
+stamped far off the others (a sensor clock reset, say) is reported alone, not taken as a sign that time has moved on
+(only where log times are unset, 0, do the stamps stand in for them). An image that arrives after a frame set later
+than it was decided is counted as late and dropped.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class FrameSetGrouper:
         if last is not None and t != last:
             self._intervals[message.camera].append(abs(t - last))
         self._last_ns[message.camera] = t
-        log_ns = message.log_time_ns
+        log_ns = _arrival_ns(message)
         self._latest_log_ns = log_ns if self._latest_log_ns is None else max(self._latest_log_ns, log_ns)
         yield from self._drain(final=False)
 
@@ -131,7 +132,7 @@ class FrameSetGrouper:
     def _waiting(self, entry: Queued, final: bool) -> bool:
         """Whether images logged within the horizon after ``entry`` may still come."""
         latest = self._latest_log_ns
-        return not final and (latest is None or latest < entry[2].log_time_ns + self.horizon_ns)
+        return not final and (latest is None or latest < _arrival_ns(entry[2]) + self.horizon_ns)
 
     def _drain(self, *, final: bool) -> Iterator[Grouped]:
         while True:
@@ -191,6 +192,11 @@ class FrameSetGrouper:
             error = "; ".join(broken)
             return SkippedFrameSet(anchor, tuple(missing), out_of_tolerance=late, error=error, log_time_ns=log_ns)
         return FrameSet(time_ns=anchor, images=images, log_time_ns=log_ns)
+
+
+def _arrival_ns(message: CameraMessage) -> int:
+    """When the image came: its log time, or where that is unset (0), its capture time."""
+    return message.log_time_ns or message.capture_time_ns
 
 
 def group_frame_sets(

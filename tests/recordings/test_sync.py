@@ -231,3 +231,15 @@ def test_a_far_future_stamp_loses_only_its_own_image() -> None:
         SkippedFrameSet(time_ns=stamp(10), missing=("left",)),
         SkippedFrameSet(time_ns=stamp(10) + day_ns, missing=("front", "rear", "right")),
     ]
+
+
+def test_unset_log_times_fall_back_to_the_stamps_for_the_horizon() -> None:
+    """A recording that logged every image at time 0 still streams: its stamps stand in for the log times."""
+    grouper = FrameSetGrouper(CAMERAS, tolerance_ns=TOLERANCE_NS)
+    items, most_pending = [], 0
+    for message in messages(40):
+        items.extend(grouper.push(CameraMessage(message.camera, message.topic, message.capture_time_ns, 0, b"", "jpeg")))
+        most_pending = max(most_pending, grouper.pending)
+    items.extend(grouper.finish())
+    assert most_pending <= 4 * 12
+    assert [i.time_ns for i in items if isinstance(i, FrameSet)] == [stamp(k) for k in range(40)]
