@@ -205,3 +205,22 @@ def test_one_undecodable_message_skips_only_its_frame_set(drive: Drive, tmp_path
     assert isinstance(skipped, SkippedFrameSet) and skipped.time_ns == drive.stamp_ns(1)
     assert skipped.reason.startswith("undecodable image of front (/cam/front/compressed, logged at 1700000000.101000000 s): ")
     assert [g.time_ns for g in grouped] == [drive.stamp_ns(i) for i in range(FRAMES)]
+
+
+def test_one_undecodable_rosbag2_message_skips_only_its_frame_set(drive: Drive, tmp_path: Path) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    store = ros.typestore()
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connections = {c: writer.add_connection(f"/cam/{c}/compressed", ros.COMPRESSED_IMAGE, typestore=store) for c in CAMERAS}
+        for camera, stamp, data in sorted(drive_images(drive), key=lambda i: i[1]):
+            raw = ros.serialize(ros.compressed_image(stamp, f"{camera}_optical_frame", data, "jpeg"))
+            writer.write(
+                connections[camera], stamp + 1_000_000, raw[:12] if (camera, stamp) == ("rear", drive.stamp_ns(2)) else raw
+            )
+    grouped = list(
+        group_frame_sets(iter_camera_messages(open_recording(tmp_path / "bag", CAMERAS)), CAMERAS, tolerance_ns=TOLERANCE_NS)
+    )
+    assert [type(g).__name__ for g in grouped] == ["FrameSet", "FrameSet", "SkippedFrameSet"]
+    assert grouped[2].time_ns == drive.stamp_ns(2)
+    assert grouped[2].reason.startswith("undecodable image of rear (/cam/rear/compressed, logged at 1700000000.201000000 s)")  # type: ignore[union-attr]
