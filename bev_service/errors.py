@@ -27,3 +27,7 @@ class FrameError(BevError):
 
 class ModelError(BevError):
     """A model file or model configuration is unusable: missing, truncated, not ours, other classes."""
+
+
+class RecordingError(BevError):
+    """A recorded drive is unusable: not an MCAP or rosbag2, truncated, a camera's topic missing or ambiguous."""

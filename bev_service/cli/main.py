@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bev_service.cli import calib_import, calib_tools, demo, model, project, segment, serve, synth
+from bev_service.cli import calib_import, calib_tools, demo, model, project, replay, segment, serve, synth
 from bev_service.errors import BevError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.register(commands)
     serve.register(commands)
     demo.register(commands)
+    replay.register(commands)
     calib = commands.add_parser("calib", help="calibration: import rigs, intrinsics, homographies, checks")
     calib_commands = calib.add_subparsers(dest="calib_command", required=True, metavar="CALIB_COMMAND")
     calib_import.register(calib_commands)

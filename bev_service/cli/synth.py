@@ -2,12 +2,15 @@
 
 bev synth --count 100 --seed 1 --out build/synth
 bev synth --drive --frames 100 --speed-mps 8 --fps 10 --seed 1 --out build/drive
+bev synth --drive --frames 100 --seed 1 --mcap build/drive.mcap     # a recording: one CompressedImage topic per camera
 bev synth --count 3 --seed 1 --contact-sheet docs/synth/contact_sheet.png
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +18,18 @@ from tqdm import tqdm
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.errors import BevError
+from bev_service.geometry.rig import Rig
 from bev_service.imageio import write_png
+from bev_service.recordings.mcap_out import IMAGE_ENCODINGS, CameraRecordingWriter, ImageEncoding
 from bev_service.shipped import DEFAULT_RIG
 from bev_service.synth.contact_sheet import contact_sheet
 from bev_service.synth.dataset import iter_frame_sets, world_seed, write_dataset, write_drive
-from bev_service.synth.drive import DrivePlan, iter_drive
+from bev_service.synth.drive import DriveFrame, DrivePlan, iter_drive
 from bev_service.synth.render import RenderedFrameSet
 from bev_service.synth.world import SyntheticWorld
 
 SHEET_FRAME_SETS = 3
+DRIVE_EPOCH_NS = 1_700_000_000 * 1_000_000_000  # capture time of a recorded drive's first frame set (2023-11-14)
 MAX_COUNT = 1_000_000
 
 
@@ -53,6 +59,19 @@ def register(commands: Any) -> None:
     drive.add_argument("--speed-mps", type=float, help="vehicle speed in m/s (default 8)")
     drive.add_argument("--fps", type=float, help="frame sets per second (default 10)")
     drive.add_argument("--start-m", type=float, help="start position along the route in metres (default 0)")
+    drive.add_argument(
+        "--mcap",
+        type=Path,
+        metavar="OUT.mcap",
+        help="also (or only) write the drive as a recording: each camera's JPEGs on /cam/<camera>/compressed, "
+        "stamped with their capture time (what bev replay reads)",
+    )
+    drive.add_argument(
+        "--mcap-encoding",
+        choices=IMAGE_ENCODINGS,
+        help="message type of the images: ros2 (sensor_msgs/msg/CompressedImage, the default), json or protobuf "
+        "(foxglove.CompressedImage)",
+    )
     p.add_argument(
         "--contact-sheet",
         type=Path,
@@ -64,8 +83,12 @@ def register(commands: Any) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise SynthArgumentError when the options do not fit together."""
-    if args.out is None and args.contact_sheet is None:
-        raise SynthArgumentError("nothing to write: give --out DIR, --contact-sheet OUT.png, or both")
+    if args.out is None and args.contact_sheet is None and args.mcap is None:
+        raise SynthArgumentError("nothing to write: give --out DIR, --contact-sheet OUT.png, --mcap OUT.mcap (with --drive)")
+    if not args.drive and (args.mcap is not None or args.mcap_encoding is not None):
+        raise SynthArgumentError("--mcap and --mcap-encoding only apply with --drive")
+    if args.mcap is not None and args.mcap.suffix.lower() != ".mcap":
+        raise SynthArgumentError(f"--mcap must name a .mcap file, got {args.mcap}")
     if args.seed < 0:
         raise SynthArgumentError(f"--seed must be >= 0, got {args.seed}")
     if not 0.05 <= args.scale <= 2.0:
@@ -109,18 +132,58 @@ def run(args: argparse.Namespace) -> int:
     rig_path = args.rig or str(DEFAULT_RIG.relative_to(DEFAULT_RIG.parents[2]))
     rig = load_rig(args.rig or DEFAULT_RIG)
     plan = _drive_plan(args) if args.drive else None
-    total = plan.frames if plan is not None else (args.count or 0)
-    if args.out is not None:
-        with tqdm(total=total, desc="bev synth", unit="frame set", disable=args.no_progress) as bar:
-            if plan is not None:
-                write_drive(args.out, rig, rig_path, plan, seed=args.seed, scale=args.scale, progress=bar.update)
+    if plan is not None and (args.out is not None or args.mcap is not None):
+        encoding: ImageEncoding = args.mcap_encoding or "ros2"
+        with (
+            tqdm(total=plan.frames, desc="bev synth", unit="frame set", disable=args.no_progress) as bar,
+            drive_recorder(args.mcap, rig, plan, seed=args.seed, scale=args.scale, encoding=encoding) as record,
+        ):
+            if args.out is not None:
+                write_drive(args.out, rig, rig_path, plan, seed=args.seed, scale=args.scale, progress=bar.update, on_frame=record)
             else:
-                write_dataset(args.out, rig, rig_path, count=args.count, seed=args.seed, scale=args.scale, progress=bar.update)
+                world = SyntheticWorld(world_seed(args.seed, 0))  # the world write_drive renders
+                for frame in iter_drive(rig, world, plan, seed=args.seed, scale=args.scale):
+                    record(frame)
+                    bar.update(1)
+    elif args.out is not None:
+        with tqdm(total=args.count, desc="bev synth", unit="frame set", disable=args.no_progress) as bar:
+            write_dataset(args.out, rig, rig_path, count=args.count, seed=args.seed, scale=args.scale, progress=bar.update)
     if args.contact_sheet is not None:
         frame_sets = _sheet_frame_sets(rig, args, plan)
         args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
         write_png(args.contact_sheet, contact_sheet(frame_sets))
     return 0
+
+
+@contextmanager
+def drive_recorder(
+    path: Path | None, rig: Rig, plan: DrivePlan, *, seed: int, scale: float, encoding: ImageEncoding
+) -> Iterator[Callable[[DriveFrame], None]]:
+    """A function that records each frame set of a drive into the MCAP ``path`` (nothing when None): frame set k's
+    images stamped DRIVE_EPOCH_NS + k / fps, each camera logged a millisecond after the one before it (as a transport
+    would deliver them). Written beside its name and renamed into place once complete."""
+    if path is None:
+        yield lambda frame: None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with CameraRecordingWriter(partial, encoding=encoding) as writer:
+            provenance = {"rig_id": rig.rig_id, "rig_fingerprint": rig.fingerprint, "seed": seed, "scale": scale,
+                          "frames": plan.frames, "fps": plan.fps, "speed_mps": plan.speed_mps}  # fmt: skip
+            writer.writer.add_metadata("bev.synth", {k: str(v) for k, v in provenance.items()})
+
+            def record(frame: DriveFrame) -> None:
+                stamp_ns = DRIVE_EPOCH_NS + round(frame.timestamp_s * 1e9)
+                for i, name in enumerate(frame.frame_set.camera_names):
+                    log_ns = stamp_ns + (i + 1) * 1_000_000
+                    writer.write_image(name, stamp_ns, frame.frame_set.jpeg[name], log_time_ns=log_ns)
+
+            yield record
+    except BaseException:  # a drive cut short is no recording: leave nothing that looks like one
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
 
 
 def _sheet_frame_sets(rig: Any, args: argparse.Namespace, plan: DrivePlan | None) -> list[RenderedFrameSet]:

@@ -30,7 +30,7 @@ from bev_service.classes import class_table
 from bev_service.errors import FrameError
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import read_image, read_labels, write_png
-from bev_service.synth.drive import DrivePlan, iter_drive
+from bev_service.synth.drive import DriveFrame, DrivePlan, iter_drive
 from bev_service.synth.render import RenderedFrameSet, renderer_for
 from bev_service.synth.world import SyntheticWorld, WorldConfig
 
@@ -162,9 +162,18 @@ def write_dataset(
 
 
 def write_drive(
-    out: Path, rig: Rig, rig_path: str, plan: DrivePlan, *, seed: int, scale: float = 1.0, progress: Progress | None = None
+    out: Path,
+    rig: Rig,
+    rig_path: str,
+    plan: DrivePlan,
+    *,
+    seed: int,
+    scale: float = 1.0,
+    progress: Progress | None = None,
+    on_frame: Callable[[DriveFrame], None] | None = None,
 ) -> dict[str, Any]:
-    """Render and write a drive through the world of ``seed``; returns the manifest."""
+    """Render and write a drive through the world of ``seed``; returns the manifest. ``on_frame`` sees each frame
+    set as it is written (to record the same drive elsewhere without rendering it twice)."""
     _write_common(out, rig, scale)
     w_seed = world_seed(seed, 0)
     world = SyntheticWorld(w_seed)
@@ -183,6 +192,8 @@ def write_drive(
         name = folder_name(frame.index)
         files = write_frame_set(out / name, frame.frame_set)
         entries.append(_entry(name, frame.frame_set, files, timestamp_s=round(frame.timestamp_s, 6)))
+        if on_frame is not None:
+            on_frame(frame)
         if progress is not None:
             progress(1)
     manifest["frame_sets"] = entries

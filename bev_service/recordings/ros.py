@@ -1,0 +1,111 @@
+"""ROS 2 messages through the ``rosbags`` type store (Humble definitions): CDR bytes and the ``ros2msg`` schema text
+MCAP stores beside them, for ``sensor_msgs/msg/CompressedImage``, ``nav_msgs/msg/OccupancyGrid`` and
+``sensor_msgs/msg/CameraInfo``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bev_service.geometry import cameras as cm
+from bev_service.geometry.grid import BevGrid
+
+ROS2_SCHEMA_ENCODING = "ros2msg"
+CDR_ENCODING = "cdr"
+
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+OCCUPANCY_GRID = "nav_msgs/msg/OccupancyGrid"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+
+
+@cache
+def typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+@cache
+def msgdef(msgtype: str) -> bytes:
+    """The concatenated message definition of ``msgtype``: an MCAP ``ros2msg`` schema's data."""
+    text, _ = typestore().generate_msgdef(msgtype, ros_version=2)
+    return str(text).encode()
+
+
+def _types() -> dict[str, Any]:
+    return dict(typestore().types)
+
+
+def _header(time_ns: int, frame_id: str) -> Any:
+    types = _types()
+    sec, nanosec = divmod(int(time_ns), 1_000_000_000)
+    return types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def serialize(message: Any) -> bytes:
+    return bytes(typestore().serialize_cdr(message, message.__msgtype__))
+
+
+def compressed_image(time_ns: int, frame_id: str, data: bytes, image_format: str) -> Any:
+    return _types()[COMPRESSED_IMAGE](
+        header=_header(time_ns, frame_id), format=image_format, data=np.frombuffer(data, dtype=np.uint8)
+    )
+
+
+def occupancy_grid(time_ns: int, frame_id: str, grid: BevGrid, origin_xy_m: tuple[float, float], values: NDArray[np.int8]) -> Any:
+    """``values``: (height, width) int8 in message order (``gridmsg.message_cells`` of ``gridmsg.occupancy_from_bev``)."""
+    types = _types()
+    height, width = values.shape
+    stamp = types["builtin_interfaces/msg/Time"](sec=int(time_ns) // 1_000_000_000, nanosec=int(time_ns) % 1_000_000_000)
+    origin = types["geometry_msgs/msg/Pose"](
+        position=types["geometry_msgs/msg/Point"](x=origin_xy_m[0], y=origin_xy_m[1], z=0.0),
+        orientation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+    )
+    info = types["nav_msgs/msg/MapMetaData"](
+        map_load_time=stamp, resolution=float(grid.cell_size_m), width=width, height=height, origin=origin
+    )
+    return types[OCCUPANCY_GRID](header=_header(time_ns, frame_id), info=info, data=np.ascontiguousarray(values).ravel())
+
+
+def camera_calibration(model: cm.CameraModel) -> dict[str, Any] | None:
+    """width, height, distortion_model, D, K, R, P of a pinhole (``plumb_bob``) or Kannala-Brandt (``equidistant``,
+    D = k1..k4: OpenCV's fisheye) camera, as CameraInfo holds them; None for models CameraInfo cannot describe
+    (Mei, OCam)."""
+    if isinstance(model, cm.FisheyeCamera):
+        distortion, coefficients = "equidistant", [float(v) for v in model.k]
+    elif isinstance(model, cm.PinholeCamera):
+        d = model.distortion
+        distortion, coefficients = "plumb_bob", [d.k1, d.k2, d.p1, d.p2, d.k3]
+    else:
+        return None
+    k = model.intrinsics
+    height, width = model.image_size_hw
+    return {
+        "width": width,
+        "height": height,
+        "distortion_model": distortion,
+        "D": coefficients,
+        "K": [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+        "R": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        "P": [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    }
+
+
+def camera_info(time_ns: int, frame_id: str, calibration: dict[str, Any]) -> Any:
+    types = _types()
+    return types[CAMERA_INFO](
+        header=_header(time_ns, frame_id),
+        height=calibration["height"],
+        width=calibration["width"],
+        distortion_model=calibration["distortion_model"],
+        d=np.array(calibration["D"], dtype=np.float64),
+        k=np.array(calibration["K"], dtype=np.float64),
+        r=np.array(calibration["R"], dtype=np.float64),
+        p=np.array(calibration["P"], dtype=np.float64),
+        binning_x=0,
+        binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
