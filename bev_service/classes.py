@@ -47,6 +47,15 @@ def palette() -> NDArray[np.uint8]:
     return table
 
 
+def rgba_palette() -> NDArray[np.uint8]:
+    """(256, 4) RGBA by grid value: ``palette`` opaque, and UNKNOWN transparent (alpha 0), so that what lies
+    under a drawn grid shows through where no camera sees."""
+    table = np.full((256, 4), 255, dtype=np.uint8)
+    table[:, :3] = palette()
+    table[UNKNOWN, 3] = 0
+    return table
+
+
 def colorize(labels: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Class ids (h, w) to an RGB picture (h, w, 3)."""
     return palette()[labels]

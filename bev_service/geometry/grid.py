@@ -46,6 +46,11 @@ class BevGrid:
         return round((self.y_range_m[1] - self.y_range_m[0]) / self.cell_size_m)
 
     @property
+    def rear_right_corner_m(self) -> tuple[float, float]:
+        """(x_min, y_min): the corner where ``cells_along_axes`` starts."""
+        return float(self.x_range_m[0]), float(self.y_range_m[0])
+
+    @property
     def shape(self) -> tuple[int, int]:
         return self.rows, self.cols
 
@@ -138,3 +143,17 @@ class EgoBox:
         x, y = p[..., 0], p[..., 1]
         inside_x = (x >= self.x_range_m[0]) & (x <= self.x_range_m[1])
         return np.asarray(inside_x & (y >= self.y_range_m[0]) & (y <= self.y_range_m[1]))
+
+
+def cells_along_axes(values: NDArray[Any]) -> NDArray[Any]:
+    """A (rows, cols) grid as (cols, rows) cells along the vehicle frame's axes: cell [j, i] is the i-th from
+    the rear (along +x) and the j-th from the right (along +y), ``values[rows - 1 - i, cols - 1 - j]``. The
+    layout of ``foxglove.Grid`` and ``nav_msgs/msg/OccupancyGrid`` with an unrotated pose at the grid's
+    rear-right corner (``BevGrid.rear_right_corner_m``): a mirror image of the top-down picture, which no
+    rotation gives."""
+    return np.ascontiguousarray(values[::-1, ::-1].T)
+
+
+def cells_as_picture(cells: NDArray[Any]) -> NDArray[Any]:
+    """The inverse of ``cells_along_axes``."""
+    return np.ascontiguousarray(cells.T[::-1, ::-1])

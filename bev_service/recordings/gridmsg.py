@@ -7,7 +7,7 @@ layout (it is mirrored). So the messages take the vehicle frame's own axes: the 
 grid's rear-right corner (x_min, y_min, 0), message column i is the i-th cell from the back (x increasing, ``width``
 = the BEV grid's rows) and message row j the j-th cell from the right (y increasing, ``height`` = the BEV's columns):
 
-    message_cells[j, i] = bev[rows - 1 - i, cols - 1 - j],   i.e.  message_cells = bev[::-1, ::-1].T
+    message_cells[j, i] = bev[rows - 1 - i, cols - 1 - j]   (``bev_service.geometry.grid.cells_along_axes``)
 
 ``foxglove.Grid`` carries the class ids themselves (field ``class_id``, beside the colours). ``OccupancyGrid`` is an
 occupancy map, as ROS tools (RViz, nav2 costmaps) read it: int8, 0 free, 100 occupied, -1 unknown, exactly:
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bev_service.classes import CLASSES, NUM_CLASSES, palette
-from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
+from bev_service.classes import CLASSES, NUM_CLASSES, rgba_palette
+from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid, cells_along_axes
 
 OCCUPIED = 100
 FREE = 0
@@ -45,28 +45,13 @@ def _occupancy_table() -> NDArray[np.int8]:
 
 
 OCCUPANCY_FROM_BEV = _occupancy_table()
+RGBA = rgba_palette()
 
 
 def occupancy_values() -> dict[str, int]:
     """{class name (and ego, unknown): OccupancyGrid value}, as output metadata records it."""
     names = {c.id: c.name for c in CLASSES} | {EGO: "ego", UNKNOWN: "unknown"}
     return {name: int(OCCUPANCY_FROM_BEV[value]) for value, name in names.items()}
-
-
-def message_cells(bev: NDArray[Any]) -> NDArray[Any]:
-    """(cols, rows) cells in message order (row j along y, column i along x) from a (rows, cols) BEV grid (of BEV
-    values, or of OccupancyGrid values)."""
-    return np.ascontiguousarray(bev[::-1, ::-1].T)
-
-
-def bev_from_message_cells(cells: NDArray[Any]) -> NDArray[Any]:
-    """The inverse of ``message_cells``."""
-    return np.ascontiguousarray(cells.T[::-1, ::-1])
-
-
-def origin_xy_m(grid: BevGrid) -> tuple[float, float]:
-    """The vehicle-frame corner of message cell (0, 0): the grid's rear-right corner."""
-    return float(grid.x_range_m[0]), float(grid.y_range_m[0])
 
 
 def occupancy_from_bev(bev: NDArray[np.uint8]) -> NDArray[np.int8]:
@@ -81,7 +66,7 @@ def message_layout(grid: BevGrid, frame_id: str) -> dict[str, Any]:
     rows, cols = grid.shape
     return {
         "frame_id": frame_id,
-        "origin_xy_m": list(origin_xy_m(grid)),
+        "origin_xy_m": list(grid.rear_right_corner_m),
         "width": rows,
         "height": cols,
         "cell": "message[j, i] = bev[rows - 1 - i, cols - 1 - j]",
@@ -93,9 +78,8 @@ def message_layout(grid: BevGrid, frame_id: str) -> dict[str, Any]:
 def coloured_cells(bev: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """(cols, rows, 5) message cells of class id, red, green, blue, alpha: the class table's colours, opaque except
     unknown cells (alpha 0, so that what lies under the grid shows through)."""
-    cells = message_cells(bev)
+    cells = cells_along_axes(bev)
     rgba = np.empty((*cells.shape, 5), dtype=np.uint8)
     rgba[..., 0] = cells
-    rgba[..., 1:4] = palette()[cells]
-    rgba[..., 4] = np.where(cells == UNKNOWN, 0, 255)
+    rgba[..., 1:] = RGBA[cells]
     return rgba

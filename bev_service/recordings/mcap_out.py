@@ -25,22 +25,19 @@ from typing import IO, Any, Literal, Self
 import numpy as np
 from numpy.typing import NDArray
 
+from bev_service.calib.exchange import VEHICLE_FRAME_ID, camera_frame_id, vehicle_from_camera
 from bev_service.classes import class_table
+from bev_service.geometry.grid import cells_along_axes
 from bev_service.geometry.rig import Rig
 from bev_service.recordings import foxglove, gridmsg, ros
 
 log = logging.getLogger(__name__)
 
-VEHICLE_FRAME_ID = "vehicle"
 GRID_TOPIC = "/bev/grid"
 OCCUPANCY_TOPIC = "/bev/occupancy"
 TF_TOPIC = "/tf"
 ImageEncoding = Literal["ros2", "json", "protobuf"]
 IMAGE_ENCODINGS: tuple[ImageEncoding, ...] = ("ros2", "json", "protobuf")
-
-
-def camera_frame_id(camera: str) -> str:
-    return f"{camera}_optical_frame"
 
 
 def image_topic(camera: str) -> str:
@@ -135,7 +132,7 @@ class BevMcapWriter(_McapFile):
     def __init__(self, output: str | Path | IO[bytes], rig: Rig, *, metadata: dict[str, str] | None = None) -> None:
         super().__init__(output)
         self.rig = rig
-        self._origin = gridmsg.origin_xy_m(rig.grid)
+        self._origin = rig.grid.rear_right_corner_m
         self._rig_written = False
         self.writer.add_metadata(
             "bev",
@@ -158,7 +155,7 @@ class BevMcapWriter(_McapFile):
         cell = self.rig.grid.cell_size_m
         grid = foxglove.grid_json(time_ns, VEHICLE_FRAME_ID, self._origin, cell, gridmsg.coloured_cells(bev))
         self.json_message(GRID_TOPIC, foxglove.GRID, time_ns, grid)
-        values = gridmsg.message_cells(gridmsg.occupancy_from_bev(bev))
+        values = cells_along_axes(gridmsg.occupancy_from_bev(bev))
         self.ros_message(
             OCCUPANCY_TOPIC, ros.occupancy_grid(time_ns, VEHICLE_FRAME_ID, self.rig.grid, self._origin, values), time_ns
         )
@@ -166,13 +163,9 @@ class BevMcapWriter(_McapFile):
     def _write_rig(self, time_ns: int) -> None:
         for cam in self.rig.cameras:
             frame_id = camera_frame_id(cam.name)
-            if cam.vehicle_from_camera is not None:
-                tf = foxglove.frame_transform_json(time_ns, VEHICLE_FRAME_ID, frame_id, cam.vehicle_from_camera)
-                self.json_message(TF_TOPIC, foxglove.FRAME_TRANSFORM, time_ns, tf)
+            tf = foxglove.frame_transform_json(time_ns, VEHICLE_FRAME_ID, frame_id, vehicle_from_camera(cam))
+            self.json_message(TF_TOPIC, foxglove.FRAME_TRANSFORM, time_ns, tf)
             calibration = ros.camera_calibration(cam.model)
-            if calibration is None:
-                log.info("camera %r: a %s has no CameraInfo form; no calibration written", cam.name, type(cam.model).__name__)
-                continue
             fox = {**calibration, "distortion_model": _foxglove_distortion(calibration["distortion_model"])}
             self.json_message(
                 f"/{cam.name}/calibration",

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bev_service.calib.exchange import calibration_of
 from bev_service.geometry import cameras as cm
 from bev_service.geometry.grid import BevGrid
 
@@ -56,7 +57,7 @@ def compressed_image(time_ns: int, frame_id: str, data: bytes, image_format: str
 
 
 def occupancy_grid(time_ns: int, frame_id: str, grid: BevGrid, origin_xy_m: tuple[float, float], values: NDArray[np.int8]) -> Any:
-    """``values``: (height, width) int8 in message order (``gridmsg.message_cells`` of ``gridmsg.occupancy_from_bev``)."""
+    """``values``: (height, width) int8 in message order (``cells_along_axes`` of ``gridmsg.occupancy_from_bev``)."""
     types = _types()
     height, width = values.shape
     stamp = types["builtin_interfaces/msg/Time"](sec=int(time_ns) // 1_000_000_000, nanosec=int(time_ns) % 1_000_000_000)
@@ -70,27 +71,21 @@ def occupancy_grid(time_ns: int, frame_id: str, grid: BevGrid, origin_xy_m: tupl
     return types[OCCUPANCY_GRID](header=_header(time_ns, frame_id), info=info, data=np.ascontiguousarray(values).ravel())
 
 
-def camera_calibration(model: cm.CameraModel) -> dict[str, Any] | None:
-    """width, height, distortion_model, D, K, R, P of a pinhole (``plumb_bob``) or Kannala-Brandt (``equidistant``,
-    D = k1..k4: OpenCV's fisheye) camera, as CameraInfo holds them; None for models CameraInfo cannot describe
-    (Mei, OCam)."""
-    if isinstance(model, cm.FisheyeCamera):
-        distortion, coefficients = "equidistant", [float(v) for v in model.k]
-    elif isinstance(model, cm.PinholeCamera):
-        d = model.distortion
-        distortion, coefficients = "plumb_bob", [d.k1, d.k2, d.p1, d.p2, d.k3]
-    else:
-        return None
-    k = model.intrinsics
+def camera_calibration(model: cm.CameraModel) -> dict[str, Any]:
+    """width, height, distortion_model, D, K, R, P as CameraInfo holds them (``bev_service.calib.exchange``):
+    pinhole ``plumb_bob``; Kannala-Brandt ``equidistant`` (D = k1..k4: OpenCV's fisheye); Mei and OCam, which
+    CameraInfo cannot describe, ``equidistant`` fitted to their projection."""
+    calib = calibration_of(model)
+    k = calib.k
     height, width = model.image_size_hw
     return {
         "width": width,
         "height": height,
-        "distortion_model": distortion,
-        "D": coefficients,
-        "K": [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+        "distortion_model": calib.ros_distortion_model,
+        "D": list(calib.d),
+        "K": [float(v) for v in k.ravel()],
         "R": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-        "P": [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "P": [float(v) for v in np.hstack([k, np.zeros((3, 1))]).ravel()],  # P = [K | 0]
     }
 
 

@@ -7,7 +7,7 @@ oldest waiting frame set is dropped and counted (``bev_foxglove_dropped_total``)
 is the SDK's to bound (``CLIENT_BACKLOG`` messages each, the oldest dropped). Nothing is converted for
 a topic no client subscribes to, and a frame set is not even queued while no client subscribes to any.
 
-Topics (frames: ``vehicle`` and ``camera_<name>``, see ``foxglove_messages``):
+Topics (frames: ``vehicle`` and ``<name>_optical_frame``, see ``bev_service.calib.exchange``):
 
 - ``/bev/grid``: ``foxglove.Grid``, class ids and their colours;
 - ``/bev/camera/<name>/image``: ``foxglove.CompressedImage``, the JPEG/PNG bytes as received;

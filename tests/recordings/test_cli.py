@@ -14,6 +14,7 @@ import pytest
 
 from bev_service.calib.rigfile import load_rig
 from bev_service.cli.main import main
+from bev_service.geometry.grid import cells_as_picture
 from bev_service.geometry.rig import Rig
 from bev_service.imageio import read_labels
 from bev_service.recordings import gridmsg
@@ -43,9 +44,9 @@ def mcap_grids(path: Path) -> list[np.ndarray]:
     bevs = []
     for grid, occ in zip(grids, occupancy, strict=True):
         cells = np.frombuffer(base64.b64decode(grid["data"]), dtype=np.uint8).reshape(-1, grid["column_count"], 5)
-        bev = gridmsg.bev_from_message_cells(cells[..., 0])
+        bev = cells_as_picture(cells[..., 0])
         values = np.asarray(occ.data, dtype=np.int8).reshape(occ.info.height, occ.info.width)
-        np.testing.assert_array_equal(gridmsg.bev_from_message_cells(values), gridmsg.occupancy_from_bev(bev))
+        np.testing.assert_array_equal(cells_as_picture(values), gridmsg.occupancy_from_bev(bev))
         bevs.append(bev)
     return bevs
 

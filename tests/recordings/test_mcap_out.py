@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bev_service.classes import palette
-from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid
+from bev_service.geometry.grid import EGO, UNKNOWN, BevGrid, cells_as_picture
 from bev_service.geometry.rig import Rig
 from bev_service.geometry.transforms import rotation_from_quaternion
 from bev_service.recordings import gridmsg
@@ -99,7 +99,7 @@ def test_occupancy_grid_puts_the_cell_where_the_vehicle_frame_has_it(written: di
     np.testing.assert_allclose(centre_of_only(occupied, True, (-6.0, -5.0), (0.05, 0.05)), POINT_XY_M, atol=0.025)
     # unknown is the forward-most 2 m: the last 40 message columns (largest x)
     assert (cells[:, -40:] == -1).all() and (cells[:, :-40] != -1).all()
-    np.testing.assert_array_equal(gridmsg.bev_from_message_cells(cells), gridmsg.occupancy_from_bev(bev))
+    np.testing.assert_array_equal(cells_as_picture(cells), gridmsg.occupancy_from_bev(bev))
 
 
 def test_foxglove_grid_puts_the_cell_where_the_vehicle_frame_has_it(written: dict[str, Any]) -> None:

@@ -199,7 +199,7 @@ def test_grid_and_images_of_a_rest_frame_set(
     offsets, cells = grid_fields(message)
     assert set(offsets) == {"class_id", "red", "green", "blue", "alpha"}
     np.testing.assert_array_equal(cells[..., offsets["class_id"]], expected_cells(bev))
-    assert image.format == "jpeg" and image.data == frame_set.jpeg["front"] and image.frame_id == "camera_front"
+    assert image.format == "jpeg" and image.data == frame_set.jpeg["front"] and image.frame_id == "front_optical_frame"
 
 
 def test_a_stream_frame_set_is_published_at_its_capture_time(live: LiveServer, frame_set: RenderedFrameSet) -> None:
@@ -249,9 +249,9 @@ def test_transforms_and_calibrations_of_the_rig(live: LiveServer, default_rig: R
         tf = client.next_message("/tf")  # republished every second while subscribed
         calibration = client.next_message("/bev/camera/front/calibration")
     by_child = {t.child_frame_id: t for t in tf.transforms}
-    assert set(by_child) == {f"camera_{name}" for name in default_rig.camera_names}
+    assert set(by_child) == {f"{name}_optical_frame" for name in default_rig.camera_names}
     front = default_rig.camera("front")
-    transform = by_child["camera_front"]
+    transform = by_child["front_optical_frame"]
     assert transform.parent_frame_id == "vehicle"
     assert front.vehicle_from_camera is not None
     np.testing.assert_allclose(
@@ -266,7 +266,7 @@ def test_transforms_and_calibrations_of_the_rig(live: LiveServer, default_rig: R
         ]
     )
     np.testing.assert_allclose(rotation, front.vehicle_from_camera[:3, :3], atol=1e-9)
-    assert calibration.frame_id == "camera_front"
+    assert calibration.frame_id == "front_optical_frame"
     assert (calibration.height, calibration.width) == front.image_size_hw
     assert calibration.distortion_model == "kannala_brandt" and len(calibration.D) == 4  # the default rig's fisheyes
 
