@@ -190,7 +190,7 @@ def replay_recordings_on_ray(
     out: Path,
     rig: Rig,
     spec: PipelineSpec,
-    options: ReplayOptions = ReplayOptions(),
+    options: ReplayOptions | None = None,
     ray_options: RayOptions = RayOptions(),
     *,
     progress: Callable[[int], None] | None = None,
@@ -199,6 +199,7 @@ def replay_recordings_on_ray(
 ) -> list[RecordingSummary]:
     """As ``replay.replay_recordings``, on a Ray cluster (see the module docstring). ``rig`` is the rig of
     ``spec.rig``, loaded here to find topics and check outputs; ``run`` collects start-up costs when given."""
+    options = options if options is not None else ReplayOptions()
     run = run if run is not None else RayRun()
     summaries, planned = _plan(paths, out, rig, spec, options, ray_options, on_open)
     if not planned:
