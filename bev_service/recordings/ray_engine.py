@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -318,7 +318,8 @@ def _execute(
             num_cpus=0 if gpus > 0 else 1,
             num_gpus=gpus if gpus > 0 else None,
         )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        batches: Iterable[Any] = dataset.iter_batches(batch_size=None, batch_format="pyarrow")  # a shard's rows each
+        for batch in batches:
             for row in batch.to_pylist():
                 _take(planned[row["recording"]], row, run, progress)
     except Exception as exc:  # the cluster failed (an actor lost, its node gone): what is unfinished is reported
