@@ -71,6 +71,7 @@ class RayRun:
     pipeline_load_s: dict[str, float] = field(default_factory=dict)  # worker -> seconds its pipeline took to load
     shards: int = 0
     workers_used: set[str] = field(default_factory=set)
+    first_shard_at: float | None = None  # time.time() when the first shard began: the pool was up
 
 
 # --- actors ----------------------------------------------------------------------------------------
@@ -94,6 +95,7 @@ def result_schema() -> Any:
             pa.field("already_written", pa.int64()),  # on the closing row: frame sets passed over as written
             pa.field("error", pa.string()),
             pa.field("load_s", pa.float64()),  # on the closing row: the actor's pipeline load
+            pa.field("started_at", pa.float64()),  # on the closing row: when the shard began (time.time())
         ]
     )
 
@@ -102,13 +104,13 @@ class ShardReplayer:
     """A Ray Data actor: one pipeline, built once, replays shard after shard (``map_batches`` over shard rows)."""
 
     def __init__(self, spec: PipelineSpec, recordings: Sequence[Recording], options: ReplayOptions) -> None:
+        start = time.perf_counter()  # the imports are part of the load: torch's takes seconds
         import ray
 
         from bev_service.calib.rigfile import load_rig
         from bev_service.runtime.pipeline import BevPipeline
         from bev_service.runtime.segmenter import load_segmenter
 
-        start = time.perf_counter()
         segmenter = load_segmenter(spec.model, backend=spec.backend, device=spec.device)
         self.pipeline = BevPipeline(load_rig(spec.rig), segmenter, encoder=None)
         self.load_s = time.perf_counter() - start
@@ -134,6 +136,7 @@ class ShardReplayer:
             return time_ns in done_ns
 
         key = {"recording": shard["recording"], "shard": shard["shard"], "worker": self.worker}
+        closing = {"load_s": self.load_s, "started_at": time.time()}
         rows: list[dict[str, Any]] = []
         try:
             items = iter_shard(
@@ -164,8 +167,8 @@ class ShardReplayer:
         except Exception as exc:  # reported with its shard; the pool goes on with the others
             log.exception("%s: shard %d failed", recording.path, shard["shard"])
             message = str(exc) if isinstance(exc, BevError) else f"{type(exc).__name__}: {exc}"
-            return [{**key, "kind": ERROR, "error": message, "load_s": self.load_s}]
-        return [*rows, {**key, "kind": END, "already_written": passed_over, "load_s": self.load_s}]
+            return [{**key, **closing, "kind": ERROR, "error": message}]
+        return [*rows, {**key, **closing, "kind": END, "already_written": passed_over}]
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -353,6 +356,7 @@ def _take(p: _Planned, row: dict[str, Any], run: RayRun, progress: Callable[[int
     else:
         p.ended += 1
         run.pipeline_load_s[row["worker"]] = row["load_s"]
+        run.first_shard_at = min(row["started_at"], run.first_shard_at or row["started_at"])
         counted = row["already_written"] or 0
         p.summary.already_written += counted
         if kind == ERROR:
