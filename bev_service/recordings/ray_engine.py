@@ -2,7 +2,7 @@
 pool, written here by the writers of the local engine.
 
     driver (this process)                          actors (anywhere on the cluster), one BevPipeline each
-    open each recording's index, its output   ->   shard rows: (recording, shard, [t0, t1), PNGs already written)
+    open each recording's index, its output   ->   shard rows: (recording, shard, [t0, t1) of log time)
     skip outputs already complete                  replay_shard's frame sets, skipped frame sets, or its error
     write rows in order (preserve_order)      <-   one row per frame set, then one closing row per shard
 
@@ -103,7 +103,9 @@ def result_schema() -> Any:
 class ShardReplayer:
     """A Ray Data actor: one pipeline, built once, replays shard after shard (``map_batches`` over shard rows)."""
 
-    def __init__(self, spec: PipelineSpec, recordings: Sequence[Recording], options: ReplayOptions) -> None:
+    def __init__(
+        self, spec: PipelineSpec, recordings: Sequence[Recording], written_ns: Sequence[Sequence[int]], options: ReplayOptions
+    ) -> None:
         start = time.perf_counter()  # the imports are part of the load: torch's takes seconds
         import ray
 
@@ -115,6 +117,7 @@ class ShardReplayer:
         self.pipeline = BevPipeline(load_rig(spec.rig), segmenter, encoder=None)
         self.load_s = time.perf_counter() - start
         self.recordings, self.options = list(recordings), options
+        self.written_ns = [frozenset(w) for w in written_ns]  # per recording: frame sets an earlier run wrote (PNG)
         self.worker = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
 
     def __call__(self, batch: Any) -> Any:
@@ -127,7 +130,7 @@ class ShardReplayer:
         from bev_service.recordings.replay import iter_shard
 
         recording = self.recordings[shard["recording"]]
-        done_ns = set(shard["done_ns"] or ())
+        done_ns = self.written_ns[shard["recording"]]
         passed_over = 0
 
         def done(time_ns: int) -> bool:
@@ -182,7 +185,7 @@ class _Planned:
     recording: Recording
     output: Output
     windows: list[tuple[int | None, int | None]]
-    written_ns: list[int]  # frame sets an earlier run wrote (PNG): passed to their shards as done
+    written_ns: list[int]  # frame sets an earlier run wrote (PNG): passed to the actors as done
     ended: int = 0  # shards come back
     errors: list[str] = field(default_factory=list)  # of the shards that failed
     finished: bool = False
@@ -241,7 +244,6 @@ def _plan(
     if twice:
         raise RecordingError(f"two recordings are named {twice[0]!r}: their outputs would collide; rename one")
     out.mkdir(parents=True, exist_ok=True)
-    provenance = Provenance(model_sha256=options.model_sha256, rig_fingerprint=rig.fingerprint)
     summaries, planned = [], []
     for path in paths:
         summary = RecordingSummary(path=Path(path))
@@ -250,7 +252,14 @@ def _plan(
             recording = open_recording(summary.path, rig.camera_names, options.topic_map)
             if on_open is not None:
                 on_open(recording)
-            output = output_for(options.fmt, out, recording.name, rig, provenance)
+            provenance = Provenance.of(
+                recording.path,
+                model_sha256=options.model_sha256,
+                rig_fingerprint=rig.fingerprint,
+                tolerance_ms=options.tolerance_ms,
+                topics=recording.topics,
+            )
+            output = output_for(options.fmt, out, recording.name, rig, provenance, recording.path)
         except RecordingError as exc:
             summary.error = str(exc)
             log.error("%s", exc)
@@ -275,12 +284,11 @@ def _written_pngs(output: Output) -> Iterator[int]:
 
 
 def _shard_rows(planned: Sequence[_Planned]) -> list[dict[str, Any]]:
-    rows = []
-    for index, p in enumerate(planned):
-        for shard, (t0, t1) in enumerate(p.windows):
-            done = [t for t in p.written_ns if (t0 is None or t >= t0) and (t1 is None or t < t1)]
-            rows.append({"recording": index, "shard": shard, "t0_ns": t0, "t1_ns": t1, "done_ns": done})
-    return rows
+    return [
+        {"recording": index, "shard": shard, "t0_ns": t0, "t1_ns": t1}
+        for index, p in enumerate(planned)
+        for shard, (t0, t1) in enumerate(p.windows)
+    ]
 
 
 def _execute(
@@ -316,6 +324,7 @@ def _execute(
             fn_constructor_kwargs={
                 "spec": replace(spec, device="cuda") if gpus > 0 and spec.device is None else spec,
                 "recordings": [p.recording for p in planned],
+                "written_ns": [p.written_ns for p in planned],
                 "options": options,
             },
             num_cpus=0 if gpus > 0 else 1,

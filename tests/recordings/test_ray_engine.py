@@ -1,9 +1,11 @@
 """``bev replay --engine ray`` on a real Ray cluster of two nodes on this machine (one CPU each): the grids of the local
-engine byte for byte (Parquet, PNG, MCAP), shards spread over both actors, a failing shard reported with its recording
-and window while the rest completes, and re-runs that skip what is written."""
+engine byte for byte (Parquet, PNG), shards spread over both actors, a failing shard reported with its recording and
+window while the rest completes, and re-runs that skip what is written (either engine's)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,14 +111,6 @@ def replay_on_ray(recordings: list[Path], out: Path, weights: Path, fmt: str, ru
     return replay_recordings_on_ray(recordings, out, load_rig(DEFAULT_RIG), spec, options, ray_options, run=run)
 
 
-def mcap_grid_messages(path: Path) -> list[tuple[str, int, bytes]]:
-    from mcap.reader import make_reader
-
-    with path.open("rb") as f:
-        messages = make_reader(f).iter_messages(topics=["/bev/grid", "/bev/occupancy"])
-        return [(channel.topic, message.log_time, message.data) for _, channel, message in messages]
-
-
 def test_parquet_grids_equal_the_local_engines_shards_spread_and_a_failing_shard_is_reported(
     cluster: Any,
     drive: Drive,
@@ -148,7 +142,7 @@ def test_parquet_grids_equal_the_local_engines_shards_spread_and_a_failing_shard
     assert sorted(p.name for p in on_cluster.iterdir()) == ["drive.parquet", "long.parquet"]
 
 
-def test_pngs_equal_the_local_engines_and_the_shards_that_did_not_fail_are_written(
+def test_pngs_equal_the_local_engines_the_shards_that_did_not_fail_are_written_and_reruns_skip_what_is_written(
     cluster: Any,
     long_drive: Path,
     damaged: tuple[Path, list[int]],
@@ -170,34 +164,25 @@ def test_pngs_equal_the_local_engines_and_the_shards_that_did_not_fail_are_writt
     stamps = damaged[1]
     assert sorted(p.name for p in (on_cluster / "damaged").glob("*.png")) == [f"{stamps[k]:019d}.png" for k in (0, 1, 3)]
 
-
-def test_mcap_grids_equal_the_local_engines_and_reruns_skip_what_is_written(
-    cluster: Any, long_drive: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    local, on_cluster = tmp_path / "local", tmp_path / "ray"
-    assert replay([long_drive], local, tiny_weights, "--format", "mcap") == 0
-    assert replay([long_drive], local, tiny_weights, "--format", "png") == 0
-    assert replay([long_drive], on_cluster, tiny_weights, "--format", "mcap", *on_ray(cluster)) == 0
-    assert mcap_grid_messages(on_cluster / "long.mcap") == mcap_grid_messages(local / "long.mcap")
-
-    # A complete output is not sharded at all: no actor starts.
-    run = RayRun()
-    [summary] = replay_on_ray([long_drive], on_cluster, tiny_weights, "mcap", run)
-    assert summary.already_written == -1 and run.shards == 0 and run.workers_used == set()
-
-    # PNGs an earlier run wrote are passed to their shards as done: only the one missing is computed and written.
-    (on_cluster / "long").mkdir()
-    pngs = sorted((local / "long").glob("*.png"))
-    for png in [*pngs[:3], *pngs[4:]]:
-        (on_cluster / "long" / png.name).write_bytes(png.read_bytes())
-    (on_cluster / "long" / "provenance.json").write_bytes((local / "long" / "provenance.json").read_bytes())
+    # A re-run: the PNGs written are passed to the actors as done; only the one missing is computed and written.
+    pngs[3].unlink()
     before = {p.name: p.stat().st_mtime_ns for p in (on_cluster / "long").iterdir()}
-    capsys.readouterr()
     assert replay([long_drive], on_cluster, tiny_weights, "--format", "png", *on_ray(cluster)) == 0
     assert f"1 frame sets written (png), {LONG_FRAMES - 1} already written, 0 skipped" in capsys.readouterr().out
     after = {p.name: p.stat().st_mtime_ns for p in (on_cluster / "long").iterdir()}
     assert [name for name in after if after[name] != before.get(name)] == [pngs[3].name]
-    assert (on_cluster / "long" / pngs[3].name).read_bytes() == pngs[3].read_bytes()
+    assert pngs[3].read_bytes() == (local / "long" / pngs[3].name).read_bytes()
+
+
+def test_a_complete_output_of_either_engine_is_not_sharded(
+    cluster: Any, long_drive: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    for fmt in ("mcap", "parquet"):
+        assert replay([long_drive], tmp_path, tiny_weights, "--format", fmt) == 0
+        run = RayRun()
+        [summary] = replay_on_ray([long_drive], tmp_path, tiny_weights, fmt, run)
+        assert summary.error is None and summary.already_written == -1
+        assert run.shards == 0 and run.workers_used == set()
 
 
 def test_ray_options_only_apply_with_the_ray_engine(drive: Drive, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,3 +196,14 @@ def test_ray_options_only_apply_with_the_ray_engine(drive: Drive, tmp_path: Path
         assert main(args) == 2
         assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_local_engine_and_the_service_never_import_ray() -> None:
+    script = (
+        "import sys\n"
+        "import bev_service.cli.main, bev_service.cli.replay, bev_service.recordings.ray_engine, bev_service.service.app\n"
+        "bev_service.cli.main.build_parser()\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
