@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SECONDS = 30.0
 FRAME, SKIPPED, END, ERROR = "frame", "skipped", "end", "error"  # the kinds of result rows
+ROWS_PER_BLOCK = 16  # result rows an actor hands over at a time (a 400x400 grid is 160 kB)
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,21 @@ class ShardReplayer:
         self.written_ns = [frozenset(w) for w in written_ns]  # per recording: frame sets an earlier run wrote (PNG)
         self.worker = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
 
-    def __call__(self, batch: Any) -> Any:
+    def __call__(self, batch: Any) -> Iterator[Any]:
+        """The rows of each shard in ``batch``, ``ROWS_PER_BLOCK`` at a time: a long shard streams to the driver."""
         import pyarrow as pa
 
-        rows = [row for shard in batch.to_pylist() for row in self._replay(shard)]
-        return pa.Table.from_pylist(rows, schema=result_schema())
+        schema, rows = result_schema(), []
+        for shard in batch.to_pylist():
+            for row in self._replay(shard):
+                rows.append(row)
+                if len(rows) == ROWS_PER_BLOCK:
+                    yield pa.Table.from_pylist(rows, schema=schema)
+                    rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=schema)
 
-    def _replay(self, shard: dict[str, Any]) -> list[dict[str, Any]]:
+    def _replay(self, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from bev_service.recordings.replay import iter_shard
 
         recording = self.recordings[shard["recording"]]
@@ -140,7 +149,6 @@ class ShardReplayer:
 
         key = {"recording": shard["recording"], "shard": shard["shard"], "worker": self.worker}
         closing = {"load_s": self.load_s, "started_at": time.time()}
-        rows: list[dict[str, Any]] = []
         try:
             items = iter_shard(
                 recording,
@@ -153,25 +161,24 @@ class ShardReplayer:
             )
             for item in items:
                 if isinstance(item, SkippedFrameSet):
-                    rows.append({**key, "kind": SKIPPED, "time_ns": item.time_ns, "skipped": json.dumps(asdict(item))})
+                    yield {**key, "kind": SKIPPED, "time_ns": item.time_ns, "skipped": json.dumps(asdict(item))}
                     continue
                 grid = np.ascontiguousarray(item.grid, dtype=np.uint8)
-                rows.append(
-                    {
-                        **key,
-                        "kind": FRAME,
-                        "time_ns": item.time_ns,
-                        "capture_time_ns": item.capture_time_ns,
-                        "timings_ms": item.timings_ms,
-                        "grid": grid.tobytes(),
-                        "grid_shape": list(grid.shape),
-                    }
-                )
-        except Exception as exc:  # reported with its shard; the pool goes on with the others
+                yield {
+                    **key,
+                    "kind": FRAME,
+                    "time_ns": item.time_ns,
+                    "capture_time_ns": item.capture_time_ns,
+                    "timings_ms": item.timings_ms,
+                    "grid": grid.tobytes(),
+                    "grid_shape": list(grid.shape),
+                }
+        except Exception as exc:  # reported with its shard (after the rows it gave); the pool goes on with the others
             log.exception("%s: shard %d failed", recording.path, shard["shard"])
             message = str(exc) if isinstance(exc, BevError) else f"{type(exc).__name__}: {exc}"
-            return [{**key, **closing, "kind": ERROR, "error": message}]
-        return [*rows, {**key, **closing, "kind": END, "already_written": passed_over}]
+            yield {**key, **closing, "kind": ERROR, "error": message}
+            return
+        yield {**key, **closing, "kind": END, "already_written": passed_over}
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -308,6 +315,9 @@ def _execute(
     gpus = ray_options.gpus_per_worker
     workers = ray_options.workers or _cluster_workers(ray.cluster_resources(), gpus)
     workers = min(workers, len(rows))
+    capacity = _cluster_workers(ray.cluster_resources(), gpus)
+    if workers > capacity:  # an autoscaling cluster may grow to it; a fixed one never will
+        log.warning("%d workers asked for, the cluster holds %d now: the run waits for the rest", workers, capacity)
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars, context.wait_for_min_actors_s)
     # In order, so that each output is written as its rows come; the pool up before the first shard, so that
@@ -327,10 +337,10 @@ def _execute(
                 "written_ns": [p.written_ns for p in planned],
                 "options": options,
             },
-            num_cpus=0 if gpus > 0 else 1,
+            num_cpus=1,  # decoding the images, and the network on CPU actors
             num_gpus=gpus if gpus > 0 else None,
         )
-        batches: Iterable[Any] = dataset.iter_batches(batch_size=None, batch_format="pyarrow")  # a shard's rows each
+        batches: Iterable[Any] = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
         for batch in batches:
             for row in batch.to_pylist():
                 _take(planned[row["recording"]], row, run, progress)
