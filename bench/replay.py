@@ -2,13 +2,15 @@
 
 A synthetic drive of the default rig (four 960x640 JPEG cameras, ``bev synth --drive --mcap``) is replayed to
 Parquet through the shipped pruned model, as ``bev replay`` runs it:
-  local   ``replay_recordings`` in this process (the local engine: one pipeline, torch on every core), timed before
-          and after the Ray runs (the mean is the baseline, so that a change of load meets both sides);
+  local   ``replay_recordings`` in this process (the local engine: one pipeline, torch on every core), after one
+          untimed run, timed before and after the Ray runs (the mean is the baseline, so that a change of load
+          meets both sides);
   ray-N   ``replay_recordings_on_ray`` on a local Ray runtime, N actors of one CPU each, one pipeline each, shards
           of ``--shard-seconds``.
 Ray's start-up is reported apart: the runtime (``ray.init``, once) and each run's actor pool (from the call until
 the first shard begins, the pipeline load inside it). ``fps`` of a Ray run counts from its first shard to its last
-row (the pool up); ``fps_end_to_end`` from the call. Ratios are against the local engine measured in the same run.
+row (the pool up; each fresh actor's first network calls included); ``fps_end_to_end`` from the call. Ratios are
+against the local engine measured in the same run.
 
 Run from the repository root: ``.venv/bin/python -m bench.replay [--frames N] [--workers 1,2] [--quick]``. The last
 line printed is one JSON object: ``{"bench": "replay", "local_fps", "ray": {"1": {...}, "2": {...}}, ...}``.
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=32, help="frame sets of the drive (default 32)")
     parser.add_argument("--workers", default="1,2", help="Ray actor counts to time (default 1,2)")
-    parser.add_argument("--shard-seconds", type=float, default=1.0, help="shard length (default 1 s: 4 frame sets)")
+    parser.add_argument("--shard-seconds", type=float, default=2.0, help="shard length (default 2 s: 8 frame sets)")
     parser.add_argument("--batch", type=int, default=4, help="frame sets per network call (default 4, as bev replay)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: 8 frame sets at a quarter scale")
     return parser.parse_args(argv)
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drive: {frames} frame sets of the default rig, written in {time.perf_counter() - start:.1f} s", flush=True)
         options = ReplayOptions(fmt="parquet", model_sha256=file_sha256(PRUNED_MODEL), batch_size=args.batch)
 
+        time_local(drive, root / "local", options)  # warm-up: the drive in the page cache, torch's kernels chosen
         load_s, before_s = time_local(drive, root / "local", options)
         cores = len(os.sched_getaffinity(0))
         start = time.perf_counter()
