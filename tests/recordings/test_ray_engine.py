@@ -36,17 +36,25 @@ OBJECT_STORE_BYTES = 100 * 1024**2
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """Two Ray nodes of one CPU each, this process their driver."""
+    """Two Ray nodes of one CPU each."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES})
     try:
         cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        cluster.wait_for_nodes()
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def connected(cluster: Any) -> Any:
+    """The cluster, this process connected to it as its driver: runs given ``--address`` use the connection."""
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    return cluster
 
 
 def write_small_chunks(path: Path, drive: Drive, stamps_ns: list[int]) -> Path:
@@ -104,10 +112,12 @@ def on_ray(cluster: Any) -> tuple[str, ...]:
     return ("--engine", "ray", "--address", cluster.address, "--workers", "2", "--shard-seconds", SHARD_SECONDS)
 
 
-def replay_on_ray(recordings: list[Path], out: Path, weights: Path, fmt: str, run: RayRun) -> list[RecordingSummary]:
+def replay_on_ray(
+    cluster: Any, recordings: list[Path], out: Path, weights: Path, fmt: str, run: RayRun
+) -> list[RecordingSummary]:
     options = ReplayOptions(fmt=fmt, model_sha256=file_sha256(weights))  # type: ignore[arg-type]
     spec = PipelineSpec(model=weights, rig=DEFAULT_RIG)
-    ray_options = RayOptions(workers=2, shard_seconds=float(SHARD_SECONDS))
+    ray_options = RayOptions(address=cluster.address, workers=2, shard_seconds=float(SHARD_SECONDS))
     return replay_recordings_on_ray(recordings, out, load_rig(DEFAULT_RIG), spec, options, ray_options, run=run)
 
 
@@ -122,10 +132,12 @@ def test_parquet_grids_equal_the_local_engines_shards_spread_and_a_failing_shard
 ) -> None:
     local, on_cluster = tmp_path / "local", tmp_path / "ray"
     assert replay([long_drive, drive.mcap], local, tiny_weights, "--format", "parquet") == 0
+    ray.shutdown()  # not connected: the run joins the cluster at its address, and leaves it after
     run = RayRun()
-    summaries = replay_on_ray([long_drive, drive.mcap, damaged[0], truncated], on_cluster, tiny_weights, "parquet", run)
+    summaries = replay_on_ray(cluster, [long_drive, drive.mcap, damaged[0], truncated], on_cluster, tiny_weights, "parquet", run)
     assert [(s.error, s.written, s.skipped) for s in summaries[:2]] == [(None, LONG_FRAMES, []), (None, 3, [])]
-    assert run.shards == 4 + 1 + 4 and len(run.pipeline_load_s) == 2
+    assert run.shards == 4 + 1 + 4 and len(run.pipeline_load_s) == 2 and run.runtime_start_s > 0
+    assert not ray.is_initialized()  # disconnected after the run; the cluster stays
     assert len(run.workers_used) == 2 and len({w.split(":")[0] for w in run.workers_used}) == 2  # one actor per node
     for name in ("long.parquet", "drive.parquet"):
         ours, theirs = pq.read_table(on_cluster / name), pq.read_table(local / name)
@@ -143,7 +155,7 @@ def test_parquet_grids_equal_the_local_engines_shards_spread_and_a_failing_shard
 
 
 def test_pngs_equal_the_local_engines_the_shards_that_did_not_fail_are_written_and_reruns_skip_what_is_written(
-    cluster: Any,
+    connected: Any,
     long_drive: Path,
     damaged: tuple[Path, list[int]],
     tiny_weights: Path,
@@ -153,7 +165,7 @@ def test_pngs_equal_the_local_engines_the_shards_that_did_not_fail_are_written_a
     local, on_cluster = tmp_path / "local", tmp_path / "ray"
     assert replay([long_drive], local, tiny_weights, "--format", "png") == 0
     capsys.readouterr()
-    assert replay([long_drive, damaged[0]], on_cluster, tiny_weights, "--format", "png", *on_ray(cluster)) == 1
+    assert replay([long_drive, damaged[0]], on_cluster, tiny_weights, "--format", "png", *on_ray(connected)) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{long_drive}: {LONG_FRAMES} frame sets written (png), 0 skipped"
     assert lines[1].startswith(f"{damaged[0]}: FAILED: shard 3 of 4 (window 7.500 s to 11.250 s) failed: ")
@@ -167,7 +179,7 @@ def test_pngs_equal_the_local_engines_the_shards_that_did_not_fail_are_written_a
     # A re-run: the PNGs written are passed to the actors as done; only the one missing is computed and written.
     pngs[3].unlink()
     before = {p.name: p.stat().st_mtime_ns for p in (on_cluster / "long").iterdir()}
-    assert replay([long_drive], on_cluster, tiny_weights, "--format", "png", *on_ray(cluster)) == 0
+    assert replay([long_drive], on_cluster, tiny_weights, "--format", "png", *on_ray(connected)) == 0
     assert f"1 frame sets written (png), {LONG_FRAMES - 1} already written, 0 skipped" in capsys.readouterr().out
     after = {p.name: p.stat().st_mtime_ns for p in (on_cluster / "long").iterdir()}
     assert [name for name in after if after[name] != before.get(name)] == [pngs[3].name]
@@ -180,9 +192,9 @@ def test_a_complete_output_of_either_engine_is_not_sharded(
     for fmt in ("mcap", "parquet"):
         assert replay([long_drive], tmp_path, tiny_weights, "--format", fmt) == 0
         run = RayRun()
-        [summary] = replay_on_ray([long_drive], tmp_path, tiny_weights, fmt, run)
+        [summary] = replay_on_ray(cluster, [long_drive], tmp_path, tiny_weights, fmt, run)
         assert summary.error is None and summary.already_written == -1
-        assert run.shards == 0 and run.workers_used == set()
+        assert run.shards == 0 and run.workers_used == set() and run.runtime_start_s == 0  # Ray not even joined
 
 
 def test_ray_options_only_apply_with_the_ray_engine(drive: Drive, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
