@@ -31,7 +31,7 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     ray = p.add_argument_group("--engine ray", "shards of (recording, time window) over a pool of Ray actors")
     ray.add_argument(
         "--address",
-        help="an existing Ray cluster (auto, HOST:6379, ray://HOST:10001); default: a local Ray runtime for the run",
+        help="an existing Ray cluster (auto, or HEAD_HOST:6379); default: a local Ray runtime for the run",
     )
     ray.add_argument("--workers", type=int, help="actors, each holding one pipeline (default: one per CPU of the cluster)")
     ray.add_argument(

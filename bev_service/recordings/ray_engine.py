@@ -344,11 +344,14 @@ def _execute(
         for batch in batches:
             for row in batch.to_pylist():
                 _take(planned[row["recording"]], row, run, progress)
-    except Exception as exc:  # the cluster failed (an actor lost, its node gone): what is unfinished is reported
-        log.error("ray: %s", exc)
+    except Exception as exc:  # the cluster failed (an actor that cannot start, one lost with its node): what is
+        # unfinished is reported with the cause's last line (Ray's messages carry the remote traceback before it)
+        lines = str(exc).strip().splitlines() or [""]
+        cause = f"{type(exc).__name__}: {lines[-1]}"
+        log.error("the run on Ray failed: %s", cause)
         for p in planned:
             if p.ended < len(p.windows) and not p.errors:
-                p.errors.append(f"the run on Ray failed: {type(exc).__name__}: {exc}")
+                p.errors.append(f"the run on Ray failed: {cause}")
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars, context.wait_for_min_actors_s = saved
 
