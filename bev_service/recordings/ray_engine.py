@@ -214,7 +214,7 @@ def replay_recordings_on_ray(
     ``spec.rig``, loaded here to find topics and check outputs; ``run`` collects start-up costs when given."""
     options = options if options is not None else ReplayOptions()
     run = run if run is not None else RayRun()
-    summaries, planned = _plan(paths, out, rig, spec, options, ray_options, on_open)
+    summaries, planned = _plan(paths, out, rig, options, ray_options, on_open)
     if not planned:
         return summaries
     import ray
@@ -238,7 +238,6 @@ def _plan(
     paths: Sequence[Path],
     out: Path,
     rig: Rig,
-    spec: PipelineSpec,
     options: ReplayOptions,
     ray_options: RayOptions,
     on_open: Callable[[Recording], None] | None,
