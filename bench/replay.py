@@ -78,10 +78,10 @@ def time_local(drive: Path, out: Path, options: ReplayOptions) -> tuple[float, f
 def time_ray(drive: Path, out: Path, options: ReplayOptions, workers: int, shard_seconds: float, frames: int) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     run = RayRun()
-    spec = PipelineSpec(model=PRUNED_MODEL, rig=DEFAULT_RIG)
+    spec = PipelineSpec(model=PRUNED_MODEL, rig=load_rig(DEFAULT_RIG))
     ray_options = RayOptions(workers=workers, shard_seconds=shard_seconds)
     called = time.time()
-    [summary] = replay_recordings_on_ray([drive], out, load_rig(DEFAULT_RIG), spec, options, ray_options, run=run)
+    [summary] = replay_recordings_on_ray([drive], out, spec, options, ray_options, run=run)
     ended = time.time()
     assert summary.error is None and summary.written == frames, summary
     assert run.first_shard_at is not None

@@ -16,7 +16,6 @@ from bev_service.errors import BevError
 from bev_service.geometry.rig import Rig
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions
 from bev_service.recordings.sources import Recording
-from bev_service.shipped import DEFAULT_RIG
 
 RAY_ONLY = ("address", "workers", "shard_seconds", "gpus_per_worker")
 
@@ -61,7 +60,7 @@ def check_ray_args(args: argparse.Namespace) -> None:
 def run_on_ray(args: argparse.Namespace, rig: Rig, model: Path, options: ReplayOptions) -> list[RecordingSummary]:
     from bev_service.recordings.ray_engine import DEFAULT_SHARD_SECONDS, PipelineSpec, RayOptions, replay_recordings_on_ray
 
-    spec = PipelineSpec(model=Path(model).resolve(), rig=Path(args.rig or DEFAULT_RIG).resolve(), backend=args.backend)
+    spec = PipelineSpec(model=Path(model).resolve(), rig=rig, backend=args.backend)
     ray_options = RayOptions(
         address=args.address,
         workers=args.workers,
@@ -77,6 +76,4 @@ def run_on_ray(args: argparse.Namespace, rig: Rig, model: Path, options: ReplayO
         def progress(n: int) -> Any:
             return bar.update(n)
 
-        return replay_recordings_on_ray(
-            args.recordings, args.out, rig, spec, options, ray_options, progress=progress, on_open=opened
-        )
+        return replay_recordings_on_ray(args.recordings, args.out, spec, options, ray_options, progress=progress, on_open=opened)

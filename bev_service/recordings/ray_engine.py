@@ -40,10 +40,10 @@ ROWS_PER_BLOCK = 16  # result rows an actor hands over at a time (a 400x400 grid
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """What each actor builds its pipeline from: files every node reads at the same paths."""
+    """What each actor builds its pipeline from: the model file (every node reads it at the same path) and the rig."""
 
     model: Path
-    rig: Path
+    rig: Rig
     backend: str = "auto"
     device: str | None = None  # None: the backend's choice; "cuda" on GPU actors
 
@@ -110,12 +110,11 @@ class ShardReplayer:
         start = time.perf_counter()  # the imports are part of the load: torch's takes seconds
         import ray
 
-        from bev_service.calib.rigfile import load_rig
         from bev_service.runtime.pipeline import BevPipeline
         from bev_service.runtime.segmenter import load_segmenter
 
         segmenter = load_segmenter(spec.model, backend=spec.backend, device=spec.device)
-        self.pipeline = BevPipeline(load_rig(spec.rig), segmenter, encoder=None)
+        self.pipeline = BevPipeline(spec.rig, segmenter, encoder=None)
         self.load_s = time.perf_counter() - start
         self.recordings, self.options = list(recordings), options
         self.written_ns = [frozenset(w) for w in written_ns]  # per recording: frame sets an earlier run wrote (PNG)
@@ -201,7 +200,6 @@ class _Planned:
 def replay_recordings_on_ray(
     paths: Sequence[Path],
     out: Path,
-    rig: Rig,
     spec: PipelineSpec,
     options: ReplayOptions | None = None,
     ray_options: RayOptions = RayOptions(),
@@ -210,11 +208,11 @@ def replay_recordings_on_ray(
     on_open: Callable[[Recording], None] | None = None,
     run: RayRun | None = None,
 ) -> list[RecordingSummary]:
-    """As ``replay.replay_recordings``, on a Ray cluster (see the module docstring). ``rig`` is the rig of
-    ``spec.rig``, loaded here to find topics and check outputs; ``run`` collects start-up costs when given."""
+    """As ``replay.replay_recordings``, on a Ray cluster (see the module docstring); ``run`` collects start-up costs
+    when given."""
     options = options if options is not None else ReplayOptions()
     run = run if run is not None else RayRun()
-    summaries, planned = _plan(paths, out, rig, options, ray_options, on_open)
+    summaries, planned = _plan(paths, out, spec.rig, options, ray_options, on_open)
     if not planned:
         return summaries
     import ray
@@ -266,9 +264,9 @@ def _plan(
                 topics=recording.topics,
             )
             output = output_for(options.fmt, out, recording.name, rig, provenance, recording.path)
-        except RecordingError as exc:
+        except BevError as exc:  # as in the local engine: this recording's outcome, not the run's
             summary.error = str(exc)
-            log.error("%s", exc)
+            log.error("%s: %s", summary.path, exc)
             continue
         if output.complete:
             summary.already_written = -1

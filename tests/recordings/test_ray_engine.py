@@ -116,9 +116,9 @@ def replay_on_ray(
     cluster: Any, recordings: list[Path], out: Path, weights: Path, fmt: str, run: RayRun
 ) -> list[RecordingSummary]:
     options = ReplayOptions(fmt=fmt, model_sha256=file_sha256(weights))  # type: ignore[arg-type]
-    spec = PipelineSpec(model=weights, rig=DEFAULT_RIG)
+    spec = PipelineSpec(model=weights, rig=load_rig(DEFAULT_RIG))
     ray_options = RayOptions(address=cluster.address, workers=2, shard_seconds=float(SHARD_SECONDS))
-    return replay_recordings_on_ray(recordings, out, load_rig(DEFAULT_RIG), spec, options, ray_options, run=run)
+    return replay_recordings_on_ray(recordings, out, spec, options, ray_options, run=run)
 
 
 def test_parquet_grids_equal_the_local_engines_shards_spread_and_a_failing_shard_is_reported(
