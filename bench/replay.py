@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="Ray actor counts to time (default 1,2)")
     parser.add_argument("--shard-seconds", type=float, default=2.0, help="shard length (default 2 s: 8 frame sets)")
     parser.add_argument("--batch", type=int, default=4, help="frame sets per network call (default 4, as bev replay)")
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 8 frame sets at a quarter scale")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 8 frame sets at a quarter scale, 0.5 s shards")
     return parser.parse_args(argv)
 
 
@@ -98,6 +98,7 @@ def time_ray(drive: Path, out: Path, options: ReplayOptions, workers: int, shard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     frames = 8 if args.quick else args.frames
+    shard_seconds = 0.5 if args.quick else args.shard_seconds
     counts = [int(n) for n in args.workers.split(",")]
     logging.basicConfig(level=logging.WARNING)
     import ray
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(num_cpus=cores, include_dashboard=False, configure_logging=False, log_to_driver=False)
         runtime_start_s = time.perf_counter() - start
         try:
-            on_ray = {n: time_ray(drive, root / f"ray-{n}", options, n, args.shard_seconds, frames) for n in counts}
+            on_ray = {n: time_ray(drive, root / f"ray-{n}", options, n, shard_seconds, frames) for n in counts}
         finally:
             ray.shutdown()
         time.sleep(3.0)  # the runtime's processes exit before the local engine is timed again
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_pipeline_load_s": load_s,
         "ray_runtime_start_s": runtime_start_s,
         "ray": {str(n): f for n, f in on_ray.items()},
-        "shard_seconds": args.shard_seconds,
+        "shard_seconds": shard_seconds,
         "machine": machine(),
         "load_1m": load_1m,
     }
