@@ -322,6 +322,9 @@ def _execute(
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     context.wait_for_min_actors_s = 600
+    ray_data_log = logging.getLogger("ray.data")
+    saved_level = ray_data_log.level
+    ray_data_log.setLevel(max(saved_level, logging.WARNING))  # its per-run INFO lines would break our progress bar
     try:
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             ShardReplayer,
@@ -351,6 +354,7 @@ def _execute(
                 p.errors.append(f"the run on Ray failed: {cause}")
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars, context.wait_for_min_actors_s = saved
+        ray_data_log.setLevel(saved_level)
 
 
 def _cluster_workers(resources: dict[str, float], gpus_per_worker: float) -> int:
