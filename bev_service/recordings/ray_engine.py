@@ -50,7 +50,7 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # an existing cluster ("auto", "ray://host:10001", "host:6379"); None: a local runtime
+    address: str | None = None  # an existing cluster ("auto", "host:6379"); None: a local runtime for the run
     workers: int | None = None  # actors, each holding one pipeline; None: one per CPU (per GPU) of the cluster
     shard_seconds: float = DEFAULT_SHARD_SECONDS
     gpus_per_worker: float = 0.0  # > 0: GPU actors, the pipeline on "cuda"
