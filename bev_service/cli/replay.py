@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bev_service.calib.rigfile import load_rig
+from bev_service.cli.replay_ray import add_ray_arguments, check_ray_args, run_on_ray
 from bev_service.errors import BevError
 from bev_service.recordings.outputs import FORMATS
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions, replay_recordings
@@ -46,7 +47,12 @@ def register(commands: Any) -> None:
     p.add_argument("recordings", nargs="+", type=Path, metavar="RECORDING", help="MCAP files or rosbag2 folders")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--format", default="mcap", choices=FORMATS, help="output format (default mcap)")
-    p.add_argument("--engine", default="local", choices=("local",), help="where the pipeline runs (default local: here)")
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="where the pipeline runs (default local: in this process; ray: shards over a pool of Ray actors)",
+    )
     p.add_argument("--rig", type=Path, help="rig file (default: the shipped default rig)")
     p.add_argument("--model", type=Path, help="model file, .pt or .onnx (default: the shipped pruned model)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
@@ -59,6 +65,7 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--batch", type=int, default=4, help="frame sets per network call (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -71,9 +78,19 @@ def run(args: argparse.Namespace) -> int:
         raise ReplayArgumentError(f"--tolerance-ms must be between 0 and 1000, got {args.tolerance_ms}")
     if not 1 <= args.batch <= MAX_BATCH:
         raise ReplayArgumentError(f"--batch must be between 1 and {MAX_BATCH}, got {args.batch}")
+    check_ray_args(args)
     topic_map = parse_topic_map(args.topics)
     rig = load_rig(args.rig or DEFAULT_RIG)
     model = args.model or PRUNED_MODEL
+    if args.engine == "ray":
+        options = ReplayOptions(
+            fmt=args.format,
+            model_sha256=file_sha256(model),
+            topic_map=topic_map,
+            tolerance_ms=args.tolerance_ms,
+            batch_size=args.batch,
+        )
+        return report(run_on_ray(args, rig, model, options), args)
     pipeline = BevPipeline(rig, load_segmenter(model, backend=args.backend), encoder=None)
     try:
         with tqdm(total=0, desc="bev replay", unit="frame set", disable=args.no_progress) as bar:
@@ -93,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
             summaries = replay_recordings(args.recordings, args.out, pipeline, options, progress=bar.update, on_open=opened)
     finally:
         pipeline.close()
+    return report(summaries, args)
+
+
+def report(summaries: list[RecordingSummary], args: argparse.Namespace) -> int:
     for summary in summaries:
         print(summary_line(summary, args.out, args.format))
     if len(summaries) > 1:
