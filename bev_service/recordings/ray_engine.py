@@ -33,6 +33,17 @@ from bev_service.recordings.sync import SkippedFrameSet
 
 log = logging.getLogger(__name__)
 
+# Ray's usage statistics stay off unless the environment asks for them: replay runs offline, and the collector's
+# threads outlive a run in the driver's process (querying a Prometheus that is not there).
+RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
+
+
+def ray_environment() -> None:
+    """Sets ``RAY_ENVIRONMENT`` where the environment leaves it unset (before Ray starts in this process)."""
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 DEFAULT_SHARD_SECONDS = 30.0
 FRAME, SKIPPED, END, ERROR = "frame", "skipped", "end", "error"  # the kinds of result rows
 ROWS_PER_BLOCK = 16  # result rows an actor hands over at a time (a 400x400 grid is 160 kB)
@@ -215,6 +226,7 @@ def replay_recordings_on_ray(
     summaries, planned = _plan(paths, out, spec.rig, options, ray_options, on_open)
     if not planned:
         return summaries
+    ray_environment()
     import ray
 
     started_here = not ray.is_initialized()

@@ -17,7 +17,7 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.cli.main import main
 from bev_service.recordings import ros
 from bev_service.recordings.mcap_out import image_topic
-from bev_service.recordings.ray_engine import PipelineSpec, RayOptions, RayRun, replay_recordings_on_ray
+from bev_service.recordings.ray_engine import PipelineSpec, RayOptions, RayRun, ray_environment, replay_recordings_on_ray
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions
 from bev_service.runtime.int8 import file_sha256
 from bev_service.shipped import DEFAULT_RIG
@@ -38,6 +38,8 @@ OBJECT_STORE_BYTES = 100 * 1024**2
 def cluster() -> Iterator[Any]:
     """Two Ray nodes of one CPU each."""
     from ray.cluster_utils import Cluster
+
+    ray_environment()  # as the engine runs Ray: no usage-statistics threads left behind in this process
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES})
     try:
