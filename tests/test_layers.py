@@ -1,7 +1,7 @@
 """The rooms of the package and the one-way arrows between them, read from every import statement.
 
 cli -> service -> runtime -> geometry; training -> runtime, synth; synth -> geometry; recordings -> runtime,
-geometry, and only cli imports recordings. Lazy imports inside functions count as much as module-level ones: a route
+calib, geometry, and only cli imports recordings. Lazy imports inside functions count as much as module-level ones: a route
 that imported training on first use would still pull it into the server.
 """
 
