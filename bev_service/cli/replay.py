@@ -82,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
     topic_map = parse_topic_map(args.topics)
     rig = load_rig(args.rig or DEFAULT_RIG)
     model = args.model or PRUNED_MODEL
+    options = ReplayOptions(
+        fmt=args.format,
+        model_sha256=file_sha256(model),
+        topic_map=topic_map,
+        tolerance_ms=args.tolerance_ms,
+        batch_size=args.batch,
+    )
     if args.engine == "ray":
-        options = ReplayOptions(
-            fmt=args.format,
-            model_sha256=file_sha256(model),
-            topic_map=topic_map,
-            tolerance_ms=args.tolerance_ms,
-            batch_size=args.batch,
-        )
         return report(run_on_ray(args, rig, model, options), args)
     pipeline = BevPipeline(rig, load_segmenter(model, backend=args.backend), encoder=None)
     try:
@@ -100,13 +100,6 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(recording.name)
                 bar.refresh()
 
-            options = ReplayOptions(
-                fmt=args.format,
-                model_sha256=file_sha256(model),
-                topic_map=topic_map,
-                tolerance_ms=args.tolerance_ms,
-                batch_size=args.batch,
-            )
             summaries = replay_recordings(args.recordings, args.out, pipeline, options, progress=bar.update, on_open=opened)
     finally:
         pipeline.close()
