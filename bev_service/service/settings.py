@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     rigs_dir: Path = Path("build/rigs")  # rigs stored by PUT /v1/rigs/{id}, read at start (tables built later)
     # A stored rig to serve as the default instead of the rig file's (the shipped default is never overwritten)
     default_rig_id: str | None = None
+    # Several processes (Ray Serve replicas, or services on one volume) share rigs_dir: each notices the others'
+    # PUTs and DELETEs there before it answers, and writes under a lock file in it (README, "Serving many vehicles")
+    shared_rigs_dir: bool = False
+    # A name every reply carries in its X-Bev-Instance header (set per replica by bev serve --engine ray)
+    instance_name: str | None = None
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
     max_image_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS  # per decoded image: a decompression bomb stops here
