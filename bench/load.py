@@ -18,10 +18,16 @@ Memory: the server process's RSS (psutil) when the warm-up ends and when the run
 ``rss_growth`` = end / start - 1. The server's own rejection counter (``/metrics``) is read back to check
 the 503 count.
 
-Run from the repository root: ``.venv/bin/python -m bench.load [--duration S] [--clients N] [--quick]``. This
-bench has no baseline method; its one ratio is the server's memory at the end over that after the warm-up,
-both in the same run (``rss_growth``). The last line printed is one JSON object:
-``{"bench": "load", "errors", "rss_growth", "p99_ms", "ok", "declared_503", ...}``.
+Memory is that of the server's process tree (for Ray Serve: the driver, Ray's own processes and the replicas).
+
+``--replicas N``: after the one process, the same load, frames and model through ``bev serve --engine ray
+--replicas N`` (Serve's proxy on a free port, a local Ray), in the same run; the ratios ``serve_throughput_ratio``
+(ok replies per second through Serve over the one process's) and ``serve_p99_ratio`` compare the two.
+
+Run from the repository root: ``.venv/bin/python -m bench.load [--duration S] [--clients N] [--replicas N] [--quick]``.
+Its ratios are the server's memory at the end over that after the warm-up (``rss_growth``) and, with
+``--replicas``, Serve over one process, both measured in the same run. The last line printed is one JSON object:
+``{"bench": "load", "errors", "rss_growth", "p99_ms", "ok", "declared_503", ..., "serve": {...}}``.
 """
 
 from __future__ import annotations
@@ -164,12 +170,27 @@ def rejected_by_server(server: ServerProcess) -> int:
     return round(float(match.group(1)))
 
 
+def tree_rss(pid: int) -> int:
+    """Resident bytes of the server: its process and every process under it (Ray's raylet, proxy and replicas
+    for ``--engine ray``; none for one process). A process that ends while it is read counts nothing."""
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile, or None (JSON null) when there is nothing to rank."""
     return float(np.percentile(values, q)) if values else None
 
 
-def run_load(args: Any, server: ServerProcess, frames: list[EncodedFrames]) -> dict[str, Any]:
+def run_load(args: Any, server: ServerProcess, frames: list[EncodedFrames], *, per_replica_metrics: bool = False) -> dict[str, Any]:
+    """The load for ``--warmup-s`` then ``--duration`` seconds. Behind Ray Serve each replica has its own
+    ``/metrics`` and the proxy shows one of them: the server's rejection count is then not read (None)."""
     run = Run(backoff_s=args.backoff_ms / 1000.0)
     streams = min(args.stream_clients, args.clients)
     tallies = [Tally("stream" if k < streams else "rest") for k in range(args.clients)]
@@ -181,25 +202,24 @@ def run_load(args: Any, server: ServerProcess, frames: list[EncodedFrames]) -> d
         threading.Thread(target=loops[t.kind], args=(server, frames, run, t, k), name=f"load-{t.kind}-{k}", daemon=True)
         for k, t in enumerate(tallies)
     ]
-    process = psutil.Process(server.pid)
     for thread in threads:
         thread.start()
     time.sleep(args.warmup_s)
-    rejected_before = rejected_by_server(server)
-    rss_start = process.memory_info().rss
+    rejected_before = 0 if per_replica_metrics else rejected_by_server(server)
+    rss_start = tree_rss(server.pid)
     run.counting.set()
     began = time.perf_counter()
     rss_max = rss_start
     while (left := args.duration - (time.perf_counter() - began)) > 0:
         time.sleep(min(1.0, left))
-        rss_max = max(rss_max, process.memory_info().rss)
-    rss_end = process.memory_info().rss
+        rss_max = max(rss_max, tree_rss(server.pid))
+    rss_end = tree_rss(server.pid)
     run.counting.clear()
     elapsed_s = time.perf_counter() - began
     run.stop.set()
     for thread in threads:
         thread.join(timeout=60)
-    rejected = rejected_by_server(server) - rejected_before
+    rejected = None if per_replica_metrics else rejected_by_server(server) - rejected_before
     ok = [ms for t in tallies for ms in t.latency_ms]
     rest_ok = [ms for t in tallies if t.kind == "rest" for ms in t.latency_ms]
     stream_ok = [ms for t in tallies if t.kind == "stream" for ms in t.latency_ms]
@@ -245,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-sets", type=int, default=4, help="distinct frame sets, cycled (default 4)")
     parser.add_argument("--scale", type=float, default=1.0, help="rendered size over the calibrated size (default 1)")
     parser.add_argument("--ratio", type=float, default=0.4, help="pruning ratio of the untrained stand-in model")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="also the same load through Ray Serve with this many replicas (default: none)"
+    )
     args = parser.parse_args(argv)
     if args.clients < 1 or args.duration <= 0:
         parser.error("--clients must be at least 1 and --duration positive")
@@ -256,37 +279,73 @@ def main(argv: list[str] | None = None) -> int:
     rig = load_rig(DEFAULT_RIG)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as scratch:
         model_path, backend, note = choose_model(args, Path(scratch))
-        with running_server(model_path, backend, Path(scratch), env=env) as server:
-            frames = frame_sets(rig, args.frame_sets, args.scale)
-            server.wait_ready()
-            with rest_client(server) as client:
-                served = client.model()
-            figures = run_load(args, server, frames)
-    figures |= {
-        "backend": served.get("backend", backend),
-        "model": note,
-        "queue_size": args.queue_size or "default",
-        "machine": machine(),
-    }
+        frames = frame_sets(rig, args.frame_sets, args.scale)
+        single = measure(args, model_path, backend, Path(scratch) / "single", frames, env=env)
+        single |= {"model": note, "queue_size": args.queue_size or "default", "machine": machine()}
+        report("one process", single, note)
+        figures = single
+        if args.replicas:
+            serve_args = ["--engine", "ray", "--replicas", str(args.replicas)]
+            fleet = measure(args, model_path, backend, Path(scratch) / "fleet", frames, env=env, serve_args=serve_args)
+            report(f"Ray Serve, {args.replicas} replicas", fleet, note)
+            figures = single | {
+                "replicas": args.replicas,
+                "serve": {k: v for k, v in fleet.items() if k not in ("machine", "model", "queue_size")},
+                "serve_throughput_ratio": fleet["ok_per_s"] / single["ok_per_s"] if single["ok_per_s"] else None,
+                "serve_p99_ratio": fleet["p99_ms"] / single["p99_ms"] if fleet["p99_ms"] and single["p99_ms"] else None,
+            }
+            print(
+                f"Ray Serve with {args.replicas} replicas against one process, same run: throughput "
+                f"{_ratio(figures['serve_throughput_ratio'])}, p99 latency {_ratio(figures['serve_p99_ratio'])}"
+            )
+    print(json_line("load", figures))
+    return 0
+
+
+def measure(
+    args: Any,
+    model: Path,
+    backend: str,
+    scratch: Path,
+    frames: list[EncodedFrames],
+    *,
+    env: dict[str, str],
+    serve_args: list[str] | None = None,
+) -> dict[str, Any]:
+    """One server (``bev serve``, or ``bev serve --engine ray ...`` with ``serve_args``) under the load."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    fleet = serve_args is not None
+    with running_server(model, backend, scratch, env=env, args=serve_args or ()) as server:
+        server.wait_ready(log_line="on Ray Serve" if fleet else None)
+        with rest_client(server) as client:
+            served = client.model()
+        figures = run_load(args, server, frames, per_replica_metrics=fleet)
+    return figures | {"backend": served.get("backend", backend)}
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def report(title: str, figures: dict[str, Any], note: str) -> None:
     print(
-        f"{figures['clients']} clients ({figures['stream_clients']} streaming) for {figures['duration_s']:.0f} s: "
+        f"{title}: {figures['clients']} clients ({figures['stream_clients']} streaming) for {figures['duration_s']:.0f} s: "
         f"{figures['ok']} ok ({figures['ok_per_s']:.1f}/s), {figures['declared_503']} declared 503 "
-        f"(the server counted {figures['server_rejections']}), {figures['errors']} errors"
+        f"(the server counted {figures['server_rejections'] if figures['server_rejections'] is not None else 'n/a'}), "
+        f"{figures['errors']} errors"
     )
     print(
-        f"latency of ok replies: p50 {_ms(figures['p50_ms'])}, p99 {_ms(figures['p99_ms'])} "
+        f"  latency of ok replies: p50 {_ms(figures['p50_ms'])}, p99 {_ms(figures['p99_ms'])} "
         f"(REST p99 {_ms(figures['rest_p99_ms'])}, stream p99 {_ms(figures['stream_p99_ms'])})"
     )
     print(
-        f"server RSS: {figures['rss_start_mib']:.1f} MiB after warm-up, {figures['rss_end_mib']:.1f} MiB at the end "
+        f"  server RSS: {figures['rss_start_mib']:.1f} MiB after warm-up, {figures['rss_end_mib']:.1f} MiB at the end "
         f"(growth {100 * figures['rss_growth']:+.1f}%, goal under {100 * GOAL_RSS_GROWTH:.0f}%), "
         f"max {figures['rss_max_mib']:.1f} MiB"
     )
     for sample in figures["error_samples"]:
-        print(f"error: {sample}")
-    print(f"model: {note} on {figures['backend']}; machine: {figures['machine']}")
-    print(json_line("load", figures))
-    return 0
+        print(f"  error: {sample}")
+    print(f"  model: {note} on {figures['backend']}; machine: {machine()}")
 
 
 if __name__ == "__main__":

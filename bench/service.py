@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,10 +140,18 @@ def free_port() -> int:
 class ServerProcess:
     """``bev serve`` in a child process on a free loopback port: the service as a user starts it (its own
     interpreter, uvicorn's default settings, access log on). Inherited ``BEV_*`` variables are dropped so
-    that the run depends only on the arguments; ``env`` adds settings (``{"BEV_QUEUE_SIZE": "4"}``)."""
+    that the run depends only on the arguments; ``env`` adds settings (``{"BEV_QUEUE_SIZE": "4"}``), ``args`` flags
+    (``["--engine", "ray", "--replicas", "2"]``)."""
 
     def __init__(
-        self, model: Path, backend: str, scratch: Path, *, rig: Path = DEFAULT_RIG, env: dict[str, str] | None = None
+        self,
+        model: Path,
+        backend: str,
+        scratch: Path,
+        *,
+        rig: Path = DEFAULT_RIG,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -151,7 +159,7 @@ class ServerProcess:
         self.command = [
             sys.executable, "-m", "bev_service.cli.main", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--model", str(model), "--backend", backend,
-            "--rig", str(rig), "--rigs-dir", str(scratch / "rigs"),
+            "--rig", str(rig), "--rigs-dir", str(scratch / "rigs"), *args,
         ]  # fmt: skip
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BEV_")} | {"PYTHONUNBUFFERED": "1"} | (env or {})
         self.process: subprocess.Popen[bytes] | None = None
@@ -165,8 +173,9 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> float:
-        """Seconds since ``start`` until ``/readyz`` said 200 (model loaded, tables built, warmed up)."""
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, *, log_line: str | None = None) -> float:
+        """Seconds since ``start`` until ``/readyz`` said 200 (model loaded, tables built, warmed up), and the
+        log holds ``log_line`` when given (``bev serve --engine ray`` says so once every replica is ready)."""
         assert self.process is not None, "the server is not started"
         began, deadline = time.monotonic(), time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=5.0, trust_env=False) as http:
@@ -174,7 +183,8 @@ class ServerProcess:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"bev serve exited with {self.process.returncode}:\n{self.log_tail()}")
                 try:
-                    if http.get("/readyz").status_code == 200:
+                    logged = log_line is None or log_line in self.log_path.read_text(errors="replace")
+                    if logged and http.get("/readyz").status_code == 200:
                         return time.monotonic() - began
                 except httpx.TransportError:
                     pass
@@ -187,21 +197,26 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        """SIGINT (uvicorn's graceful shutdown), then SIGKILL if it does not end in 20 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGINT (a graceful shutdown: uvicorn's, or the Serve application's and its Ray's), then SIGKILL if it does
+        not end within ``timeout_s``. The exit status."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is not None:
+            return self.process.returncode
         self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(timeout=20)
+            return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait(timeout=10)
+            return self.process.wait(timeout=10)
 
 
 @contextmanager
-def running_server(model: Path, backend: str, scratch: Path, *, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(model, backend, scratch, env=env)
+def running_server(
+    model: Path, backend: str, scratch: Path, *, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(model, backend, scratch, env=env, args=args)
     server.start()
     try:
         yield server

@@ -4,6 +4,8 @@ bev serve                          # 127.0.0.1:8000, shipped model, default rig,
 BEV_API_TOKEN=secret bev serve --host 0.0.0.0 --port 8000
 BEV_MAX_CONNECTIONS=1024 BEV_TIMEOUT_HEADERS_S=5 bev serve   # connection limits: see Settings
 bev serve --foxglove-port 8765     # and a live view for Foxglove / Lichtblick on ws://127.0.0.1:8765
+bev serve --engine ray --replicas 2                      # two replicas behind Ray Serve's proxy, a local Ray
+bev serve --engine ray --address auto --min-replicas 1 --max-replicas 8   # autoscaling on a running cluster
 
 The uvicorn configuration (limits, timeouts, the token kept out of the access log) is
 ``bev_service.service.server.uvicorn_config``, which the tests run the service with too.
@@ -52,6 +54,20 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--foxglove-host", help="address the Foxglove server listens on (default 127.0.0.1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
+    fleet = p.add_argument_group(
+        "serving on Ray Serve (--engine ray)",
+        "The same app as replicas behind Serve's HTTP proxy on --host:--port; every replica reads and writes --rigs-dir, "
+        "which must be one folder all of them see (README, \"Serving many vehicles\").",
+    )
+    fleet.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local: this process on uvicorn (default); ray: Ray Serve"
+    )
+    fleet.add_argument("--replicas", type=int, default=2, help="replicas, each with its own model (default 2)")
+    fleet.add_argument("--min-replicas", type=int, help="autoscale between --min-replicas and --max-replicas instead")
+    fleet.add_argument("--max-replicas", type=int, help="the most replicas autoscaling starts")
+    fleet.add_argument("--address", help="a running Ray cluster (auto, host:6379); default: a local Ray for this command")
+    fleet.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
+    fleet.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
     p.set_defaults(func=run)
 
 
@@ -84,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     path, backend = resolve_model(settings)  # a missing model fails here, before the port opens
     if not Path(settings.rig).is_file():
         raise ModelError(f"rig file {settings.rig} does not exist (set --rig or BEV_RIG)")
+    if args.engine == "ray":
+        return run_on_ray(args, settings, f"model {path} on {backend}")
     app = create_app(settings)
     state = app.state.bev
     state.start_foxglove()  # a taken Foxglove port fails here (FoxgloveStartError), before the HTTP port opens
@@ -99,3 +117,29 @@ def run(args: argparse.Namespace) -> int:
         if not server.started and state.foxglove is not None:
             state.foxglove.close()  # the lifespan that would have closed it never ran
     return 0 if server.started else STARTUP_FAILURE
+
+
+def run_on_ray(args: argparse.Namespace, settings: Any, model: str) -> int:
+    from bev_service.service.ray_serve import FleetError, FleetOptions, serve_fleet
+
+    if settings.foxglove_port is not None:
+        raise FleetError("--foxglove-port runs with --engine local only (one live view per process)")
+    options = FleetOptions(
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        address=args.address,
+        replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus,
+    )
+    replicas = f"{options.min_replicas}-{options.max_replicas} replicas" if options.autoscaling else f"{options.replicas} replicas"
+
+    def ready(seconds: float) -> None:
+        print(
+            f"bev serve: http://{settings.host}:{settings.port}/ (viewer) on Ray Serve, {replicas}, {model}, "
+            f"rigs in {Path(settings.rigs_dir).resolve()} (ready in {seconds:.1f} s)",
+            flush=True,
+        )
+
+    serve_fleet(settings, options, on_ready=ready)
+    return 0

@@ -30,19 +30,9 @@ from bev_service.recordings.outputs import Output, PngOutput, Provenance, output
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions
 from bev_service.recordings.sources import Recording, open_recording
 from bev_service.recordings.sync import SkippedFrameSet
+from bev_service.runtime.ray_env import ray_environment
 
 log = logging.getLogger(__name__)
-
-# Ray's usage statistics stay off unless the environment asks for them: replay runs offline, and the collector's
-# threads outlive a run in the driver's process (querying a Prometheus that is not there).
-RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
-
-
-def ray_environment() -> None:
-    """Sets ``RAY_ENVIRONMENT`` where the environment leaves it unset (before Ray starts in this process)."""
-    for name, value in RAY_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-
 
 DEFAULT_SHARD_SECONDS = 30.0
 FRAME, SKIPPED, END, ERROR = "frame", "skipped", "end", "error"  # the kinds of result rows

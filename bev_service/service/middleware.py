@@ -24,10 +24,15 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answe
 
 class RequestId:
     """Gives each request an id (the client's ``X-Request-ID`` when well-formed, else a new one), in
-    ``scope["request_id"]`` for the log lines about it and in the reply's ``X-Request-ID`` header."""
+    ``scope["request_id"]`` for the log lines about it and in the reply's ``X-Request-ID`` header; with an
+    ``instance`` name, the reply says in ``X-Bev-Instance`` which process answered (a replica of several).
+    Behind a proxy that sets ``X-Request-ID`` on the request and the reply (``proxied``), the id is the proxy's
+    and only the instance header is added."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, instance: str | None = None, proxied: bool = False) -> None:
         self.app = app
+        self.instance = [(b"x-bev-instance", instance.encode("latin-1"))] if instance else []
+        self.proxied = proxied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -37,9 +42,13 @@ class RequestId:
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         scope["request_id"] = request_id
 
+        added = self.instance if self.proxied else [(b"x-request-id", request_id.encode()), *self.instance]
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            elif message["type"] == "websocket.accept" and self.instance:  # a stream says where it runs too
+                message = {**message, "headers": [*message.get("headers", []), *self.instance]}
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -113,4 +122,4 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
         state.metrics.requests.labels(route=path, method=request.method, status=str(response.status_code)).inc()
         return response
 
-    app.add_middleware(RequestId)  # outermost of all: every reply has its id, a refused body's too
+    app.add_middleware(RequestId, instance=settings.instance_name, proxied=settings.proxy_sets_request_id)  # outermost of all: every reply has its id, a refused body's too

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     shared_rigs_dir: bool = False
     # A name every reply carries in its X-Bev-Instance header (set per replica by bev serve --engine ray)
     instance_name: str | None = None
+    # A proxy in front (Ray Serve's) gives each request its X-Request-ID and puts it on the reply: the app uses it but
+    # does not add the header a second time
+    proxy_sets_request_id: bool = False
     api_token: str | None = None  # bearer token required on /v1 and the stream when set
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * MIB
     max_image_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS  # per decoded image: a decompression bomb stops here
