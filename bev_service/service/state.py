@@ -172,6 +172,7 @@ class ServiceState:
                 limits=limits,
                 default_id=settings.default_rig_id,
                 input_sizes=self.input_sizes,
+                shared=settings.shared_rigs_dir,
             )
             self.engine = Engine(queue_size=settings.queue_size, max_batch=settings.max_batch, metrics=self.metrics)
             if settings.warmup:
