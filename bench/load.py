@@ -33,6 +33,7 @@ Its ratios are the server's memory at the end over that after the warm-up (``rss
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import sys
 import tempfile
@@ -176,10 +177,8 @@ def tree_rss(pid: int) -> int:
     root = psutil.Process(pid)
     total = 0
     for process in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -188,7 +187,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def run_load(args: Any, server: ServerProcess, frames: list[EncodedFrames], *, per_replica_metrics: bool = False) -> dict[str, Any]:
+def run_load(
+    args: Any, server: ServerProcess, frames: list[EncodedFrames], *, per_replica_metrics: bool = False
+) -> dict[str, Any]:
     """The load for ``--warmup-s`` then ``--duration`` seconds. Behind Ray Serve each replica has its own
     ``/metrics`` and the proxy shows one of them: the server's rejection count is then not read (None)."""
     run = Run(backoff_s=args.backoff_ms / 1000.0)

@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     fleet = p.add_argument_group(
         "serving on Ray Serve (--engine ray)",
         "The same app as replicas behind Serve's HTTP proxy on --host:--port; every replica reads and writes --rigs-dir, "
-        "which must be one folder all of them see (README, \"Serving many vehicles\").",
+        'which must be one folder all of them see (README, "Serving many vehicles").',
     )
     fleet.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="local: this process on uvicorn (default); ray: Ray Serve"
@@ -132,7 +132,9 @@ def run_on_ray(args: argparse.Namespace, settings: Any, model: str) -> int:
         replica_cpus=args.replica_cpus,
         replica_gpus=args.replica_gpus,
     )
-    replicas = f"{options.min_replicas}-{options.max_replicas} replicas" if options.autoscaling else f"{options.replicas} replicas"
+    replicas = (
+        f"{options.min_replicas}-{options.max_replicas} replicas" if options.autoscaling else f"{options.replicas} replicas"
+    )
 
     def ready(seconds: float) -> None:
         print(

@@ -122,4 +122,5 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
         state.metrics.requests.labels(route=path, method=request.method, status=str(response.status_code)).inc()
         return response
 
-    app.add_middleware(RequestId, instance=settings.instance_name, proxied=settings.proxy_sets_request_id)  # outermost of all: every reply has its id, a refused body's too
+    # Outermost of all: every reply has its id, a refused body's too.
+    app.add_middleware(RequestId, instance=settings.instance_name, proxied=settings.proxy_sets_request_id)

@@ -68,12 +68,15 @@ class FleetOptions:
             raise FleetError(f"--replicas must be at least 1, got {self.replicas}")
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise FleetError("autoscaling needs both --min-replicas and --max-replicas")
-        if self.min_replicas is not None and self.max_replicas is not None:
-            if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-                raise FleetError(
-                    f"expected 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, "
-                    f"got {self.min_replicas} and {self.max_replicas}"
-                )
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and (not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1)
+        ):
+            raise FleetError(
+                f"expected 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, "
+                f"got {self.min_replicas} and {self.max_replicas}"
+            )
         if self.replica_cpus < 0 or self.replica_gpus < 0:
             raise FleetError("--replica-cpus and --replica-gpus must not be negative")
 
@@ -144,20 +147,22 @@ def deployment(settings: Settings, options: FleetOptions) -> Any:
     from ray.serve.config import AutoscalingConfig
 
     scaling: dict[str, Any]
-    if options.autoscaling:
+    low, high = options.min_replicas, options.max_replicas
+    if low is not None and high is not None:
         scaling = {
             "autoscaling_config": AutoscalingConfig(
-                min_replicas=options.min_replicas,
-                max_replicas=options.max_replicas,
-                initial_replicas=max(options.min_replicas or 0, 1),
+                min_replicas=low,
+                max_replicas=high,
+                initial_replicas=max(low, 1),
                 target_ongoing_requests=options.target_ongoing_requests,
             )
         }
     else:
         scaling = {"num_replicas": options.replicas}
     ingress = serve.ingress(None)(BevReplica)
+    make: Any = serve.deployment  # its stubs type the decorator form only
     return (
-        serve.deployment(ingress, name="BevService")
+        make(ingress, name="BevService")
         .options(
             **scaling,
             max_ongoing_requests=max_ongoing_requests(settings),
@@ -237,7 +242,7 @@ def _tear_down(started_here: bool) -> None:
             serve.shutdown()
         else:
             serve.delete(APP_NAME)  # the cluster and its other applications stay up
-    except Exception as exc:  # noqa: BLE001 (the teardown must reach ray.shutdown whatever Serve says)
+    except Exception as exc:  # the teardown must reach ray.shutdown whatever Serve says
         log.warning("could not remove the Serve application cleanly: %s", exc)
     if started_here:
         ray.shutdown()

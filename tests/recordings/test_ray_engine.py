@@ -18,9 +18,9 @@ from bev_service.cli.main import main
 from bev_service.recordings import ros
 from bev_service.recordings.mcap_out import image_topic
 from bev_service.recordings.ray_engine import PipelineSpec, RayOptions, RayRun, replay_recordings_on_ray
-from bev_service.runtime.ray_env import ray_environment
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions
 from bev_service.runtime.int8 import file_sha256
+from bev_service.runtime.ray_env import ray_environment
 from bev_service.shipped import DEFAULT_RIG
 from tests.networks import one_torch_thread
 from tests.recordings.conftest import CAMERAS, EPOCH_NS, Drive

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
-from bench.service import ServerProcess
+from bench.service import ServerProcess, stream_connect, stream_round_trip
 from bev_service.client import BevClient, StreamClient, decode_grid_png
 from bev_service.synth import RenderedFrameSet
 from tests.conftest import DEFAULT_RIG
@@ -91,7 +94,10 @@ def replies_by_instance(fleet: ServerProcess, files: Files, count: int, **params
 
 
 def test_rest_replies_equal_the_single_process(fleet: ServerProcess, server: LiveServer, frame_set: RenderedFrameSet) -> None:
-    with BevClient(fleet.url, transport=httpx.HTTPTransport()) as ours, BevClient(server.base_url, transport=httpx.HTTPTransport()) as one:
+    with (
+        BevClient(fleet.url, transport=httpx.HTTPTransport()) as ours,
+        BevClient(server.base_url, transport=httpx.HTTPTransport()) as one,
+    ):
         for _ in range(4):  # more than one replica answers some of them
             assert ours.bev(frame_set.jpeg, format="png") == one.bev(frame_set.jpeg, format="png")
         raw_fleet, raw_single = ours.bev(frame_set.jpeg, format="raw"), one.bev(frame_set.jpeg, format="raw")
@@ -181,8 +187,28 @@ class Load:
                     self.failed.append((time.monotonic(), f"{reply.status_code} {reply.text[:120]}"))
 
 
+def frames_of(files: Files) -> dict[str, bytes]:
+    return {name: data for name, (_, data, _) in files.items()}
+
+
+def streams_on_each(fleet: ServerProcess, instances: set[str], stack: ExitStack) -> dict[str, ClientConnection]:
+    """One open stream on each replica (a stream stays on the replica its handshake reached, which its
+    ``X-Bev-Instance`` names), each with a frame set answered."""
+    found: dict[str, ClientConnection] = {}
+    for _ in range(16):
+        if set(found) == instances:
+            return found
+        ws = stack.enter_context(stream_connect(fleet))
+        name = ws.response.headers.get(INSTANCE) if ws.response is not None else None
+        if name in instances and name not in found:
+            found[name] = ws
+        else:
+            ws.close()
+    raise AssertionError(f"no stream reached each of {instances}: {set(found)}")
+
+
 def test_a_killed_replica_is_replaced_and_only_its_requests_in_flight_fail(fleet: ServerProcess, image_files: Files) -> None:
-    load = Load(fleet.url, image_files)
+    load, stack = Load(fleet.url, image_files), ExitStack()
     threads = load.run()
     try:
         deadline = time.monotonic() + 60
@@ -191,6 +217,7 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_in_flight_fail(fleet
         before = {name for _, name in load.ok}
         assert len(before) == REPLICAS, before
         victim = sorted(before)[0]
+        streams = streams_on_each(fleet, before, stack)
         killed_at = time.monotonic()
         os.kill(pid_of(victim), signal.SIGKILL)  # a crash: no graceful shutdown, requests on it cut off
         # Serve's controller starts a replacement; the load goes on meanwhile.
@@ -205,6 +232,13 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_in_flight_fail(fleet
         load.stop.set()
         for t in threads:
             t.join(timeout=90)
+    # The stream on the killed replica dropped (1006, no close frame); the one on the live replica goes on.
+    with pytest.raises(ConnectionClosed) as dropped:
+        stream_round_trip(streams[victim], 1, frames_of(image_files))
+    assert dropped.value.rcvd is None  # no close frame: the replica is gone, not closing
+    (survivor,) = before - {victim}
+    assert "grid" in stream_round_trip(streams[survivor], 1, frames_of(image_files))
+    stack.close()
     after = [name for t, name in load.ok if t > killed_at]
     new = set(after) - before
     assert new, f"no replacement replica answered within 120 s; failures: {load.failed}"
