@@ -9,7 +9,7 @@ BUILD ?= build
 SHIPPED := bev_service/shipped
 MODELS := $(SHIPPED)/models
 
-.PHONY: setup browser test lint typecheck pytest run demo-offline bench train eval docker-test clean
+.PHONY: setup browser test lint typecheck pytest run demo-offline bench train eval docker-test docker-test-ray clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,10 @@ eval: $(STAMP)
 # Builds the image on a local base, brings the compose demo up, checks the demo streamer's grids, tears down.
 docker-test:
 	bash docker/test.sh
+
+# The same on docker/compose.ray.yaml: a Ray head and a worker, a replica on each, the rigs volume shared.
+docker-test-ray:
+	BEV_DOCKER_COMPOSE=ray bash docker/test.sh
 
 clean:
 	rm -rf $(VENV) $(BUILD) .mypy_cache .ruff_cache .pytest_cache

@@ -10,6 +10,8 @@
 #      no torch in the image), the viewer, a rig PUT into the named volume and the demo streamer (exit 0, grids
 #      received), prints a summary and one JSON line;
 #   6. tears it all down (compose down -v) whatever happened.
+# BEV_DOCKER_COMPOSE=ray runs docker/compose.ray.yaml instead (a Ray head and one worker, two replicas) and checks
+# besides that both nodes' replicas answer and that a rig PUT through one is served by both.
 # Environment: BEV_DOCKER_READY_TIMEOUT_S (600), BEV_DOCKER_DEMO_TIMEOUT_S (600), DEBIAN_MIRROR (deb.debian.org),
 # BEV_MODELS_DIR (an absolute folder compose mounts as /app/models instead of bev_service/shipped/models/; the
 # service reads it only when BEV_MODEL names a file there: by default it serves the model built into the image).
@@ -33,7 +35,16 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Debian's client matches the 20.10 engine and has BuildKit built in; a newer client without buildx does not.
 DOCKER=/usr/bin/docker
 export DOCKER_HOST=unix://$SOCK
-COMPOSE=(docker-compose --project-name "$PROJECT" --file "$ROOT/docker/compose.yaml")
+VARIANT_NAME=${BEV_DOCKER_COMPOSE:-single}
+case "$VARIANT_NAME" in
+    single) COMPOSE_FILE=$ROOT/docker/compose.yaml SCALE=() ;;
+    ray) COMPOSE_FILE=$ROOT/docker/compose.ray.yaml SCALE=(--scale ray-worker=1) ;;
+    *)
+        echo "BEV_DOCKER_COMPOSE must be single or ray, not '$VARIANT_NAME'" >&2
+        exit 2
+        ;;
+esac
+COMPOSE=(docker-compose --project-name "$PROJECT" --file "$COMPOSE_FILE")
 
 log() { printf '[docker-test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -96,6 +107,7 @@ cleanup() {
     [ -z "$UP_PID" ] || kill "$UP_PID" 2> /dev/null
     if [ "$COMPOSE_UP" = 1 ]; then
         "${COMPOSE[@]}" logs --no-color bev > "$WORK/bev.log" 2>&1
+        [ "$VARIANT_NAME" != ray ] || "${COMPOSE[@]}" logs --no-color ray-worker > "$WORK/ray-worker.log" 2>&1
         log "compose down -v (service log kept in $WORK/bev.log)"
         "${COMPOSE[@]}" down -v --remove-orphans --timeout 10 > /dev/null 2>&1
     fi
@@ -228,6 +240,29 @@ EOF
     log "healthy, uid $user, no torch, onnxruntime-cpu backend, viewer page, /v1/rigs, rig PUT into the rigs volume: ok"
 }
 
+check_fleet() {
+    # compose.ray.yaml: replicas on both nodes answer (X-Bev-Instance names the host), and a rig PUT through the
+    # proxy is served by every replica and lies in the worker's view of the volume too. $1: base URL.
+    local base=$1
+    python3 - "$base" << 'EOF' || die "fleet checks (above)"
+import sys, urllib.request
+
+base = sys.argv[1]
+hosts = {}
+for _ in range(40):
+    with urllib.request.urlopen(base + "/v1/rigs/docker-test", timeout=60) as reply:
+        instance = reply.headers.get("X-Bev-Instance", "")
+        host = instance.split("@")[-1].rsplit(":", 1)[0]
+        hosts[host] = hosts.get(host, 0) + 1
+if len(hosts) < 2:
+    print(f"  40 GETs of the PUT rig were answered by {hosts}: expected replicas on both nodes", file=sys.stderr)
+    sys.exit(1)
+print(f"  the PUT rig served by replicas on {len(hosts)} nodes: {hosts}", file=sys.stderr)
+EOF
+    "${COMPOSE[@]}" exec -T ray-worker test -f /app/rigs/docker-test.yaml || die "the PUT rig is not in the worker's rigs volume"
+    log "replicas on both nodes answer; the PUT rig is served by both and lies in the worker's volume: ok"
+}
+
 check_demo() {
     # Waits for the demo streamer, checks exit code 0 and received > 0 in its last line; prints that line.
     local cid code
@@ -287,7 +322,7 @@ main() {
     log "compose up (viewer on http://127.0.0.1:$port)"
     COMPOSE_UP=1
     # Compose v1 holds `up` until bev is healthy (the demo depends on it), so it runs beside the /readyz poll.
-    "${COMPOSE[@]}" up --detach --no-build > "$WORK/compose-up.log" 2>&1 &
+    "${COMPOSE[@]}" up --detach --no-build "${SCALE[@]}" > "$WORK/compose-up.log" 2>&1 &
     UP_PID=$!
     local ready_s
     ready_s=$(wait_ready "http://127.0.0.1:$port/readyz" "$READY_TIMEOUT_S") || {
@@ -304,12 +339,13 @@ main() {
     local summary="" failed=0
     summary=$(check_demo) || failed=1
     (check_service "http://127.0.0.1:$port") || failed=1
+    [ "$VARIANT_NAME" != ray ] || (check_fleet "http://127.0.0.1:$port") || failed=1
     [ "$failed" = 0 ] || die "build ${build_s} s, compose up to /readyz ${ready_s} s; checks failed (above)"
 
     log "ok: build ${build_s} s, compose up to /readyz ${ready_s} s, image ${image_mb} MB"
     log "demo: $summary"
-    printf '{"docker_test": "ok", "build_s": %d, "ready_s": %d, "image_mb": %d, "demo": %s}\n' \
-        "$build_s" "$ready_s" "$image_mb" "$summary"
+    printf '{"docker_test": "ok", "compose": "%s", "build_s": %d, "ready_s": %d, "image_mb": %d, "demo": %s}\n' \
+        "$VARIANT_NAME" "$build_s" "$ready_s" "$image_mb" "$summary"
 }
 
 main "$@"
