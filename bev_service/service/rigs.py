@@ -26,11 +26,8 @@ the client's attribute cache delays when a change is seen).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import re
-import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,18 +42,13 @@ from bev_service.geometry.rig import Rig
 from bev_service.imageio import encode_png
 from bev_service.runtime.pipeline import BevPipeline
 from bev_service.service.errors import LimitError, ReadOnlyRigError, UnknownRigError
+from bev_service.service.rig_folder import LOCK_FILE, Listing, Signature, locked_file, read_rig_text, scan_rigs_dir, signature_of
 
 __all__ = ["RIG_ID", "RigEntry", "RigLimits", "RigStore", "UnknownRigError", "check_rig_id"]
 
 log = logging.getLogger(__name__)
 
 Sizes = tuple[tuple[int, int], ...]
-# (st_mtime_ns, st_ctime_ns, st_size, st_ino) of a stored file: an atomic replace gives a new inode, an
-# edit in place a new ctime (which, unlike mtime, no copy tool can set back).
-Signature = tuple[int, int, int, int]
-Listing = dict[str, Signature]  # "<rig id>.yaml" to its signature
-
-LOCK_FILE = ".lock"  # in rigs_dir, when shared: held by a PUT or DELETE (not a *.yaml: never read as a rig)
 
 # Letters, digits, '.', '_' and '-', starting with a letter or digit: no path separators, no '..'.
 RIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -111,56 +103,6 @@ def mask_pixels(rig: Rig) -> int:
 
 def cell_cameras(rig: Rig) -> int:
     return rig.grid.rows * rig.grid.cols * len(rig.cameras)
-
-
-def signature_of(st: os.stat_result) -> Signature:
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def scan_rigs_dir(folder: Path) -> Listing:
-    """Each regular ``*.yaml`` file of ``folder`` with its signature: one directory read and one stat per
-    file. Empty when the folder does not exist; other OSErrors propagate."""
-    listing: Listing = {}
-    try:
-        with os.scandir(folder) as found:
-            for item in found:
-                if not item.name.endswith(".yaml"):
-                    continue
-                try:
-                    st = item.stat()
-                except FileNotFoundError:  # removed since the directory was read
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    listing[item.name] = signature_of(st)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    return listing
-
-
-def read_rig_text(path: Path) -> tuple[str, Signature]:
-    """A stored file's text and the signature of the very version read (taken from the open file)."""
-    try:
-        with path.open("rb") as f:
-            signature = signature_of(os.fstat(f.fileno()))
-            data = f.read()
-    except OSError as exc:
-        raise CalibrationError(f"cannot read rig file {path}: {exc.strerror}") from exc
-    try:
-        return data.decode("utf-8"), signature
-    except UnicodeDecodeError as exc:
-        raise CalibrationError(f"cannot read rig file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-
-
-@contextmanager
-def locked_file(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), held while the block runs. flock locks belong
-    to the open file, so two stores of one process exclude each other as two processes do."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 class RigEntry:
