@@ -219,8 +219,11 @@ def call(path, data=None, method="GET", content_type=None):
 
 failures = []
 status, ready = call("/readyz")
-if status != 200 or json.loads(ready).get("backend") != "onnxruntime-cpu":
-    failures.append(f"/readyz answered {status}, not the onnxruntime-cpu backend: {ready[:200]!r}")
+if status != 200 or json.loads(ready).get("ready") is not True:
+    failures.append(f"/readyz answered {status}: {ready[:200]!r}")
+status, model = call("/v1/model")
+if status != 200 or json.loads(model).get("backend") != "onnxruntime-cpu":
+    failures.append(f"/v1/model answered {status}, not the onnxruntime-cpu backend: {model[:200]!r}")
 status, page = call("/")
 if status != 200 or "<html" not in page.lower():
     failures.append(f"viewer: GET / answered {status}: {page[:200]!r}")
