@@ -197,7 +197,7 @@ def _sources(config: Any, input_size_hw: tuple[int, int]) -> tuple[Any, Any]:
         )
 
     train_source = source(config.data, config.train_frame_sets, config.data_seed, config.rigs)
-    return train_source, source(config.val_data, config.val_frame_sets, config.val_seed)  # the rig the model is for
+    return train_source, source(config.val_data, config.val_frame_sets, config.val_seed, config.val_rigs)
 
 
 def run_train(args: argparse.Namespace) -> int:

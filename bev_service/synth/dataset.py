@@ -6,6 +6,7 @@ Layout of a data set folder::
     bev_unknown.png          255 where no camera of the rig sees the cell, else 0 (the same for all)
     000000/<camera>.jpg      the camera's image (RGB JPEG)
     000000/<camera>_labels.png   class ids, single channel
+    000000/<camera>_body.png     255 where the pixel sees the vehicle's own body (labelled background), else 0
     000000/bev_truth.png     the true BEV grid (class ids, 254 = ego), complete everywhere
     000000/bev_oracle.png    the projector's warp of the true labels (255 = unknown)
     000001/...
@@ -84,10 +85,11 @@ def write_frame_set(folder: Path, frame_set: RenderedFrameSet) -> dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     cameras: dict[str, dict[str, str]] = {}
     for name in frame_set.camera_names:
-        image, labels = f"{name}.jpg", f"{name}_labels.png"
+        image, labels, body = f"{name}.jpg", f"{name}_labels.png", f"{name}_body.png"
         (folder / image).write_bytes(frame_set.jpeg[name])
         write_png(folder / labels, frame_set.labels[name])
-        cameras[name] = {"image": image, "labels": labels}
+        write_png(folder / body, np.where(frame_set.body[name], 255, 0).astype(np.uint8))
+        cameras[name] = {"image": image, "labels": labels, "body": body}
     write_png(folder / "bev_truth.png", frame_set.bev_truth)
     write_png(folder / "bev_oracle.png", frame_set.bev_oracle)
     return {"cameras": cameras, "bev_truth": "bev_truth.png", "bev_oracle": "bev_oracle.png"}
@@ -120,6 +122,7 @@ def manifest_head(rig: Rig, rig_path: str, *, seed: int, scale: float, kind: str
         "layout": {
             "image": "<frame set>/<camera>.jpg",
             "labels": "<frame set>/<camera>_labels.png",
+            "body": "<frame set>/<camera>_body.png",
             "bev_truth": "<frame set>/bev_truth.png",
             "bev_oracle": "<frame set>/bev_oracle.png",
         },
@@ -213,6 +216,7 @@ class StoredFrameSet:
     bev_truth: NDArray[np.uint8]
     bev_oracle: NDArray[np.uint8]
     entry: dict[str, Any]
+    body: dict[str, NDArray[np.bool_]] | None = None  # None for folders written before body masks were
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -238,4 +242,12 @@ def read_frame_set(folder: Path, entry: dict[str, Any]) -> StoredFrameSet:
         bev_truth=read_labels(root / files["bev_truth"]),
         bev_oracle=read_labels(root / files["bev_oracle"]),
         entry=entry,
+        body=_body_masks(root, cams),
     )
+
+
+def _body_masks(root: Path, cams: dict[str, dict[str, str]]) -> dict[str, NDArray[np.bool_]] | None:
+    """Each camera's body mask, or None when the folder was written without them."""
+    if not all("body" in f for f in cams.values()):
+        return None
+    return {name: read_labels(root / f["body"]) > 0 for name, f in cams.items()}

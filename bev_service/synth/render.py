@@ -46,6 +46,7 @@ class RenderedFrameSet:
     images: dict[str, NDArray[np.uint8]]  # (h, w, 3) RGB, the decoded JPEG
     jpeg: dict[str, bytes]  # the JPEG files themselves
     labels: dict[str, NDArray[np.uint8]]  # (h, w) class ids
+    body: dict[str, NDArray[np.bool_]]  # (h, w) pixels that see the vehicle's own body (labelled background)
     bev_truth: NDArray[np.uint8]  # (rows, cols) class ids, EGO on the footprint, complete everywhere else
     bev_oracle: NDArray[np.uint8]  # (rows, cols) the projector's warp of ``labels``
     unknown: NDArray[np.bool_]  # (rows, cols) cells no camera sees
@@ -57,6 +58,10 @@ class RenderedFrameSet:
     def label_stack(self) -> NDArray[np.uint8]:
         """(N, h, w) label maps in rig order."""
         return np.stack([self.labels[name] for name in self.camera_names])
+
+    def body_stack(self) -> NDArray[np.bool_]:
+        """(N, h, w) body masks in rig order."""
+        return np.stack([self.body[name] for name in self.camera_names])
 
 
 class Renderer:
@@ -118,9 +123,9 @@ class Renderer:
         sun = app.sun_direction(pose.yaw_rad)
         shadows = shading.shadow_map(list(scene), sun, app.shadow_softness_m)
         clock.lap("scene")
-        images, jpeg, labels = {}, {}, {}
+        images, jpeg, labels, body = {}, {}, {}, {}
         for i, cam in enumerate(self.cameras):
-            radiance, labels[cam.name] = self._camera(cam, world, pose, scene, app, sun, shadows, clock)
+            radiance, labels[cam.name], body[cam.name] = self._camera(cam, world, pose, scene, app, sun, shadows, clock)
             offset = rng.integers(0, 32, size=2)
             h, w = self.image_sizes_hw[i]
             noise = self._noise[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
@@ -138,6 +143,7 @@ class Renderer:
             images=images,
             jpeg=jpeg,
             labels=labels,
+            body=body,
             bev_truth=truth,
             bev_oracle=oracle,
             unknown=self.unknown.copy(),
@@ -186,7 +192,7 @@ class Renderer:
         sun: FloatArray,
         shadows: F32,
         clock: _Clock,
-    ) -> tuple[F32, NDArray[np.uint8]]:
+    ) -> tuple[F32, NDArray[np.uint8], NDArray[np.bool_]]:
         t, hit = self._intersect(cam, scene)
         self._skyline(cam, world, pose, t, hit)
         clock.lap("intersect")
@@ -202,7 +208,8 @@ class Renderer:
         radiance[sky] = self._sky(cam, pose, app, sky)
         labels[(hit == SKY) | (hit == SKYLINE)] = 0  # the body's parts are labelled background when shaded
         clock.lap("shade")
-        return cam.to_image(radiance), cam.to_image(labels)
+        body = (hit >= 0) & (hit < len(self.body))
+        return cam.to_image(radiance), cam.to_image(labels), cam.to_image(body)
 
     def _intersect(self, cam: CameraRays, scene: tuple[Primitive, ...]) -> tuple[F32, NDArray[np.int16]]:
         """Distance to and index of the nearest surface per ray (GROUND, SKY or a scene index)."""
@@ -248,7 +255,7 @@ class Renderer:
             else:
                 albedo[members] = ground.colour_sampled(xy[members], level)
         shadow = shading.sample_shadow(shadows, cam.ground_xy)
-        light = app.ambient + app.sun_strength * max(sun[2], 0.0) * (1.0 - 0.85 * shadow)
+        light = app.ambient * cam.ground_sky + app.sun_strength * max(sun[2], 0.0) * (1.0 - 0.85 * shadow)
         radiance[cam.ground] = albedo * light[:, None].astype(np.float32)
 
     def _shade_primitives(

@@ -151,6 +151,31 @@ class AugmentConfig:
         )
 
     @classmethod
+    def style(cls) -> Self:
+        """The defaults with the scene-style stages strong: a random convolution on half the crops, with kernels
+        up to 7x7 and mixed in at up to full weight (RandConv's ranges, Xu et al. 2021), and the amplitude spectrum
+        perturbed on more than half of them, twice as strongly."""
+        return replace(
+            cls(),
+            amplitude_p=0.6,
+            amplitude_strength=(0.0, 0.6),
+            randconv_p=0.5,
+            randconv_kernel_sizes=(1, 3, 5, 7),
+            randconv_mix=(0.2, 1.0),
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> Self:
+        """``"legacy"``, ``"full"`` (the defaults) or ``"style"``: the values of the ``augment`` setting."""
+        if name == "legacy":
+            return cls.legacy()
+        if name == "style":
+            return cls.style()
+        if name != "full":
+            raise ValueError(f"augment must be one of ('legacy', 'full', 'style'), got {name!r}")
+        return cls()
+
+    @classmethod
     def off(cls) -> Self:
         """Every stage off: ``augment`` only converts (a base for turning single stages on)."""
         off: dict[str, Any] = {f"{stage}_p": 0.0 for stage in STAGES}

@@ -21,7 +21,8 @@ from bev_service.runtime.model_config import ModelConfig
 from bev_service.shipped import DEFAULT_RIG
 
 PRECISIONS = ("bf16", "fp32")
-AUGMENTS = ("legacy", "full")
+AUGMENTS = ("legacy", "full", "style")  # AugmentConfig.preset
+BODY_LABELS = ("background", "ignore")  # what the loss makes of the vehicle's own body: learnt as background, or no loss
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -35,6 +36,7 @@ RESUMABLE_CHANGES = frozenset(
         "val_data",
         "val_seed",
         "val_frame_sets",
+        "val_rigs",
         "prior_correction",
         "render_cache",
     }
@@ -58,10 +60,12 @@ class RunConfig:
     train_frame_sets: int = 256  # rendered from data set seed `data_seed` (8 per world) when data is "synth"
     data_seed: int = 0
     rigs: str = "default"  # rigs the training frame sets come from: "default" (``rig``) or a mix with random rigs (synthdata.py)
-    augment: str = "legacy"  # appearance randomization of the training crops: "legacy" or "full" (training/augment.py)
+    augment: str = "legacy"  # appearance randomization of the training crops: "legacy", "full" or "style" (training/augment.py)
     val_data: str = "synth"  # held-out frame sets: "synth" renders data set `val_seed`, else a folder
     val_seed: int = 100_000
     val_frame_sets: int = 16
+    val_rigs: str = "default"  # the validation's rig mix, as ``rigs``: a mix with random rigs validates on rigs never trained on
+    body: str = "background"  # the vehicle's own body in the loss (rendered frame sets know it): "background" or "ignore"
     render_cache: str = ""  # a folder: rendered data sets are kept there and reused (training/synthdata.py); "": none
     crop_height: int = 192  # 0: train on whole images
     crop_width: int = 256
@@ -83,9 +87,12 @@ class RunConfig:
             raise ValueError(f"focus must be in [0, 1], got {self.focus}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.body not in BODY_LABELS:
+            raise ValueError(f"body must be one of {BODY_LABELS}, got {self.body!r}")
         from bev_service.training.synthdata import parse_rig_mix  # numpy only: no torch
 
         parse_rig_mix(self.rigs)
+        parse_rig_mix(self.val_rigs)
         unknown = sorted(set(self.focus_class_names) - {c.name for c in CLASSES})
         if unknown:
             raise ValueError(f"unknown focus classes {unknown}; the classes are {[c.name for c in CLASSES]}")

@@ -25,6 +25,7 @@ class FrameSet:
     labels: NDArray[np.uint8]  # (N, H, W) class ids (255: unlabelled, ignored)
     bev: NDArray[np.uint8] | None = None  # (rows, cols) true BEV grid, when the source knows it
     name: str = ""
+    body: NDArray[np.bool_] | None = None  # (N, H, W) pixels of the vehicle's own body, when the source knows them
 
     def __post_init__(self) -> None:
         n, h, w = self.labels.shape
@@ -33,6 +34,8 @@ class FrameSet:
                 f"images must be uint8 (N, H, W, 3) matching labels uint8 (N, H, W); got images {self.images.dtype} "
                 f"{self.images.shape} and labels {self.labels.dtype} {self.labels.shape}"
             )
+        if self.body is not None and (self.body.shape != (n, h, w) or self.body.dtype != np.bool_):
+            raise ValueError(f"body mask must be bool {(n, h, w)}, got {self.body.dtype} {self.body.shape}")
 
 
 class FrameSource(Protocol):
@@ -78,4 +81,5 @@ def resized(frame_set: FrameSet, size_hw: tuple[int, int]) -> FrameSet:
         labels=resize_labels(frame_set.labels, size_hw),
         bev=frame_set.bev,
         name=frame_set.name,
+        body=None if frame_set.body is None else resize_labels(frame_set.body.view(np.uint8), size_hw).view(np.bool_),
     )

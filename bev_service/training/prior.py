@@ -16,8 +16,8 @@ carry them at no cost:
    the held-out drive's image mIoU from 0.763 to 0.770; tuned on the drive itself it reached 0.775.
 
 The validation logits are computed once and held in memory (16 frame sets of the default rig: 315 MB of
-float32, about 1 GB at the peak of the search), and each trial offset costs one comparison and one
-bincount, not a forward pass.
+float32, about 1 GB at the peak of the search; frame sets of random rigs are resized to the network's input),
+and each trial offset costs one comparison and one bincount, not a forward pass.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bev_service.runtime.enet import ENet, network_input
-from bev_service.training.data import FrameSource
+from bev_service.training.data import FrameSource, resized
 from bev_service.training.evaluate import Confusion
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,24 @@ MIN_GAIN = 1e-4  # validation mIoU a move must add to be kept: no drifting on ti
 
 
 @torch.inference_mode()
-def validation_logits(model: ENet, source: FrameSource) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float logits (N, C, H, W) of every image of ``source`` on the CPU, and their labels (N, H, W) uint8."""
+def validation_logits(
+    model: ENet, source: FrameSource, size_hw: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float logits (N, C, H, W) of every image of ``source`` on the CPU, and their labels (N, H, W) uint8.
+
+    With ``size_hw``, frame sets of another size (random rigs render at their own) are resized to it first, images
+    area-averaged and labels nearest, as ``evaluate`` feeds the network; without it they must share one size.
+    """
     model = model.eval()
     device = next(model.parameters()).device
-    logits, labels = [], []
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     for i in range(len(source)):
         frame_set = source[i]
+        if size_hw is not None:
+            frame_set = resized(frame_set, size_hw)
+        elif labels and frame_set.labels.shape[1:] != labels[0].shape[1:]:
+            raise ValueError("validation frame sets of different sizes need the network's input size (size_hw)")
         logits.append(model(network_input(torch.from_numpy(frame_set.images).to(device))).float().cpu())
         labels.append(torch.from_numpy(np.ascontiguousarray(frame_set.labels)))
     return torch.cat(logits), torch.cat(labels)
@@ -102,15 +113,22 @@ def class_offsets(logits: torch.Tensor, labels: torch.Tensor, *, rounds: int = O
 
 @torch.no_grad()
 def correct_prior(
-    model: ENet, weights: torch.Tensor, source: FrameSource, alphas: tuple[float, ...] = ALPHAS, *, per_class: bool = True
+    model: ENet,
+    weights: torch.Tensor,
+    source: FrameSource,
+    alphas: tuple[float, ...] = ALPHAS,
+    *,
+    per_class: bool = True,
+    size_hw: tuple[int, int] | None = None,
 ) -> dict[str, object]:
     """Fold the best ``-alpha * log(weights)`` and then (``per_class``) the per-class offsets into
-    ``model.head``'s bias (in place); returns what was chosen and the validation mIoU at each stage."""
+    ``model.head``'s bias (in place); returns what was chosen and the validation mIoU at each stage.
+    ``size_hw``: the network's input size, for frame sets of other sizes (``validation_logits``)."""
     if model.head.bias is None:
         raise ValueError("the classifier has no bias to fold the prior correction into")
     if weights.shape != (model.num_classes,) or not bool((weights > 0).all()):
         raise ValueError(f"expected {model.num_classes} positive class weights, got {tuple(weights.tolist())}")
-    logits, labels = validation_logits(model, source)
+    logits, labels = validation_logits(model, source, size_hw)
     scores = alpha_scores(logits, labels, weights, alphas)
     best = max(scores, key=lambda a: (np.nan_to_num(scores[a], nan=-1.0), -a))
     log_w = torch.log(weights.float().cpu())

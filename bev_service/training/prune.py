@@ -126,7 +126,10 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     def after_step(k: int) -> None:
         seed = config.seed * 1000 + k + 1
         crop = finetune.crop_size_hw
-        sampler = BatchSampler(train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids)
+        ignore_body = finetune.body == "ignore"
+        sampler = BatchSampler(
+            train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids, ignore_body=ignore_body
+        )
         last = k == config.iterative_steps - 1
         total = config.finetune_steps + (config.final_finetune_steps if last else 0)
         trainer = Trainer(model, sampler, weights, finetune, total_steps=total)
@@ -141,7 +144,9 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
         model, model_config.input_size_hw, ratio=config.ratio, iterative_steps=config.iterative_steps, after_step=after_step
     )
     pruned_config = model_config.with_channels(model)
-    prior = correct_prior(model, weights, val_source) if config.prior_correction and val_source is not None else None
+    prior = None
+    if config.prior_correction and val_source is not None:
+        prior = correct_prior(model, weights, val_source, size_hw=pruned_config.input_size_hw)
     after = measure(model, pruned_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
     report = {"config": asdict(config), "before": before, "after": after, **compare(before, after)}
     report.update(finetune_steps_run=steps_run, prior_correction=prior)

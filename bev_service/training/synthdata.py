@@ -105,9 +105,8 @@ def render_source(
         rendered = iter_frame_sets(chunk_rig, count=stop, seed=seed, scale=scale, per_world=per_world, start=start)
         for index, world_seed, fs in rendered:
             images = np.stack([fs.images[name] for name in fs.camera_names])
-            frame = FrameSet(
-                images=images, labels=fs.label_stack(), bev=fs.bev_truth, name=f"seed{seed}-{index:06d}-world{world_seed}-{kind}"
-            )
+            name = f"seed{seed}-{index:06d}-world{world_seed}-{kind}"
+            frame = FrameSet(images=images, labels=fs.label_stack(), bev=fs.bev_truth, name=name, body=fs.body_stack())
             frames.append(resized(frame, input_size_hw) if kind == "default" else frame)
             bar.update(1)
     bar.close()
@@ -148,6 +147,7 @@ class DirectorySource:
             labels=np.stack([stored.labels[name] for name in self.cameras]),
             bev=stored.bev_truth,
             name=stored.name,
+            body=None if stored.body is None else np.stack([stored.body[name] for name in self.cameras]),
         )
         return resized(frame, self.input_size_hw) if self.resize else frame
 
@@ -199,6 +199,8 @@ def cached_render(
         if fs.bev is None:
             raise ValueError("a rendered frame set lacks its true BEV grid")  # render_source attaches one to every set
         arrays[f"images_{i}"], arrays[f"labels_{i}"], arrays[f"bev_{i}"] = fs.images, fs.labels, fs.bev
+        if fs.body is not None:
+            arrays[f"body_{i}"] = fs.body
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
@@ -216,7 +218,13 @@ def _read_rendered(path: Path) -> ArraySource:
     with path.open("rb") as f, np.load(f, allow_pickle=False) as stored:  # the file closes even when np.load fails
         names = stored["names"]
         frames = [
-            FrameSet(images=stored[f"images_{i}"], labels=stored[f"labels_{i}"], bev=stored[f"bev_{i}"], name=str(n))
+            FrameSet(
+                images=stored[f"images_{i}"],
+                labels=stored[f"labels_{i}"],
+                bev=stored[f"bev_{i}"],
+                name=str(n),
+                body=stored.get(f"body_{i}"),
+            )
             for i, n in enumerate(names)
         ]
     log.info("read %d rendered frame sets from %s", len(names), path)

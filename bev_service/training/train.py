@@ -77,11 +77,14 @@ class BatchSampler:
         *,
         focus: float = 0.0,
         focus_ids: tuple[int, ...] = (),
+        ignore_body: bool = False,
     ) -> None:
         if len(source) == 0:
             raise ValueError("no training frame sets")
+        if ignore_body and source[0].body is None:
+            raise ValueError("ignoring the vehicle's body needs frame sets that know it (rendered ones: --data synth)")
         self.source, self.batch_size, self.crop, self.seed = source, batch_size, crop_size_hw, seed
-        self.focus, self.focus_ids = focus, focus_ids
+        self.focus, self.focus_ids, self.ignore_body = focus, focus_ids, ignore_body
 
     def batch(self, step: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8], np.random.Generator]:
         rng = np.random.default_rng([self.seed, step])
@@ -90,6 +93,8 @@ class BatchSampler:
             frame_set = self.source[int(index)]
             cam = int(rng.integers(frame_set.images.shape[0]))
             image, label = frame_set.images[cam], frame_set.labels[cam]
+            if self.ignore_body and frame_set.body is not None:
+                label = np.where(frame_set.body[cam], np.uint8(IGNORE), label)
             if self.crop is not None:
                 ch, cw = min(self.crop[0], image.shape[0]), min(self.crop[1], image.shape[1])
                 top, left = self._corner(label, ch, cw, rng)
@@ -149,7 +154,7 @@ class Trainer:
         self.sampler = sampler
         self.weights = weights.to(self.device)
         self.config = config
-        self.augment_config = AugmentConfig.legacy() if config.augment == "legacy" else AugmentConfig()
+        self.augment_config = AugmentConfig.preset(config.augment)
         self.total_steps = total_steps
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases, norms, PReLU slopes
@@ -265,6 +270,7 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
         config.seed,
         focus=config.focus,
         focus_ids=focus_ids(config, model_config.class_names),
+        ignore_body=config.body == "ignore",
     )
     trainer = Trainer(model, sampler, weights, config, total_steps=config.steps)
     if payload:
@@ -279,7 +285,7 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     info: dict[str, Any] = {"train_config": asdict(config), "validation": final, "steps": config.steps}
     model = on_device(trainer.model, "cpu", channels_last=False)
     if config.prior_correction:  # the checkpoint keeps the uncorrected network, so a resumed run trains on from it
-        info["prior_correction"] = correct_prior(model, trainer.weights.cpu(), val_source)
+        info["prior_correction"] = correct_prior(model, trainer.weights.cpu(), val_source, size_hw=model_config.input_size_hw)
         info["validation_before_prior_correction"] = final
         info["validation"] = final = validate(model, model_config, val_source)
     save_model(out / "model.pt", model, model_config, info)

@@ -4,6 +4,7 @@ the contact sheet, and exit code 2 with a clear message on bad arguments."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,15 @@ def test_writes_the_documented_layout(dataset: Path) -> None:
     for folder in ("000000", "000001"):
         names = sorted(p.name for p in (dataset / folder).iterdir())
         assert names == sorted(
-            [f"{c}.jpg" for c in CAMERAS] + [f"{c}_labels.png" for c in CAMERAS] + ["bev_oracle.png", "bev_truth.png"]
+            [f"{c}{end}" for c in CAMERAS for end in (".jpg", "_labels.png", "_body.png")] + ["bev_oracle.png", "bev_truth.png"]
         )
         for cam in CAMERAS:
             assert read_image(dataset / folder / f"{cam}.jpg").shape == (160, 240, 3)
             labels = read_labels(dataset / folder / f"{cam}_labels.png")
             assert labels.shape == (160, 240) and set(np.unique(labels).tolist()) <= {c.id for c in CLASSES}
+            body = read_labels(dataset / folder / f"{cam}_body.png")
+            assert body.shape == (160, 240) and set(np.unique(body).tolist()) <= {0, 255}
+            assert (labels[body > 0] == 0).all(), "the body is labelled background"
         truth = read_labels(dataset / folder / "bev_truth.png")
         oracle = read_labels(dataset / folder / "bev_oracle.png")
         assert truth.shape == oracle.shape == (400, 400)
@@ -65,9 +69,23 @@ def test_manifest_names_rig_classes_seed_and_frame_sets(dataset: Path) -> None:
     entries = manifest["frame_sets"]
     assert [e["name"] for e in entries] == ["000000", "000001"]
     assert set(entries[0]["vehicle_pose"]) == {"x_m", "y_m", "yaw_deg"}
-    assert entries[0]["files"]["cameras"]["front"] == {"image": "front.jpg", "labels": "front_labels.png"}
+    files = {"image": "front.jpg", "labels": "front_labels.png", "body": "front_body.png"}
+    assert entries[0]["files"]["cameras"]["front"] == files
     stored = read_frame_set(dataset, read_manifest(dataset)["frame_sets"][1])
     assert stored.labels["rear"].shape == (160, 240) and stored.bev_truth.shape == (400, 400)
+    assert stored.body is not None and stored.body["left"].any(), "the side camera sees the sill"
+
+
+def test_folders_without_body_masks_still_read(dataset: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    manifest = json.loads((old / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest["frame_sets"]:
+        for cam in entry["files"]["cameras"].values():
+            (old / entry["name"] / cam.pop("body")).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    stored = read_frame_set(old, read_manifest(old)["frame_sets"][0])
+    assert stored.body is None and stored.labels["front"].shape == (160, 240)
 
 
 def test_same_seed_gives_byte_identical_files_and_other_seeds_differ(dataset: Path, tmp_path: Path) -> None:

@@ -225,6 +225,7 @@ def check_frames(
     assert fs.bev_oracle.shape == rig.grid.shape
     body = {c.name: c.to_image(c.base_hit >= 0) for c in renderer.cameras}  # rays that meet the car first
     for name, mask in body.items():
+        assert np.array_equal(fs.body[name], mask), f"{name}: the frame set's body mask"
         assert not np.isin(fs.labels[name][mask], GROUND_IDS).any(), f"{name}: a body pixel labelled ground"
     return fs, body
 

@@ -245,6 +245,16 @@ class TestConfig:
         config = replace(AugmentConfig(), hue_p=0.25, randconv_kernel_sizes=(3,))
         assert AugmentConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
 
+    def test_the_presets_are_the_settings_of_training(self) -> None:
+        assert AugmentConfig.preset("full") == AugmentConfig() and AugmentConfig.preset("legacy") == AugmentConfig.legacy()
+        style = AugmentConfig.preset("style")
+        assert style.randconv_p > AugmentConfig().randconv_p and max(style.randconv_kernel_sizes) == 7
+        style_fields = [k for k in asdict(style) if k.startswith(("randconv", "amplitude"))]
+        defaults = {k: getattr(AugmentConfig(), k) for k in style_fields}
+        assert replace(style, **defaults) == AugmentConfig(), "only the style stages differ from the defaults"
+        with pytest.raises(ValueError, match="augment must be one of"):
+            AugmentConfig.preset("heavy")
+
     def test_without_turns_the_named_stages_off(self) -> None:
         config = AugmentConfig().without("jpeg", "amplitude")
         assert config.jpeg_p == 0.0 and config.amplitude_p == 0.0 and config.blur_p == AugmentConfig().blur_p

@@ -31,6 +31,20 @@ def test_frame_sets_check_their_arrays() -> None:
         FrameSet(images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="must be uint8"):
         FrameSet(images=np.zeros((2, 8, 8, 3), np.float32), labels=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="body mask must be bool"):
+        images, labels = np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8)
+        FrameSet(images=images, labels=labels, body=np.zeros((2, 8, 8), np.uint8))
+
+
+def test_the_body_mask_is_resized_with_the_labels() -> None:
+    labels = np.zeros((1, 40, 60), np.uint8)
+    body = np.zeros((1, 40, 60), bool)
+    body[0, 30:] = True
+    labels[0, :30] = 1
+    frame = resized(FrameSet(images=np.zeros((1, 40, 60, 3), np.uint8), labels=labels, body=body), (20, 30))
+    assert frame.body is not None and frame.body.dtype == np.bool_ and frame.body.shape == (1, 20, 30)
+    assert frame.body[0, 15:].all() and not frame.body[0, :15].any()
+    assert resized(procedural_source(1)[0], (20, 30)).body is None
 
 
 def test_cached_source_reads_each_frame_set_once() -> None:

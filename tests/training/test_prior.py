@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bev_service.training.data import ArraySource, resized
 from bev_service.training.prior import (
     ALPHAS,
     OFFSET_RANGE,
@@ -15,7 +16,7 @@ from bev_service.training.prior import (
     validation_logits,
 )
 from bev_service.training.train import validate
-from tests.networks import TINY, procedural_source, tiny_model
+from tests.networks import TINY, TINY_SIZE_HW, procedural_source, tiny_model
 
 
 def test_the_folded_correction_scores_what_was_chosen() -> None:
@@ -76,3 +77,18 @@ def test_bad_weights_are_refused() -> None:
         correct_prior(tiny_model(), torch.zeros(8), procedural_source(1))
     with pytest.raises(ValueError, match="positive class weights"):
         correct_prior(tiny_model(), torch.ones(5), procedural_source(1))
+
+
+def test_validation_sets_of_several_image_sizes_are_scored_at_the_input_size() -> None:
+    """Random rigs render at their own sizes: their frame sets are resized to the network's input first."""
+    same = procedural_source(1, seed=4)[0]
+    other = resized(procedural_source(1, seed=5)[0], (TINY_SIZE_HW[0] + 8, TINY_SIZE_HW[1] - 16))
+    mixed = ArraySource([same, other])
+    with pytest.raises(ValueError, match="different sizes"):
+        validation_logits(tiny_model(seed=3), mixed)
+    logits, labels = validation_logits(tiny_model(seed=3), mixed, TINY_SIZE_HW)
+    assert logits.shape[2:] == labels.shape[1:] == TINY_SIZE_HW and len(labels) == 8
+    model = tiny_model(seed=3)
+    chosen = correct_prior(model, torch.linspace(1.0, 20.0, 8), mixed, size_hw=TINY_SIZE_HW)
+    # validate scores the resized frame set's prediction scaled back up to its own labels: within a hair of it
+    assert validate(model, TINY, mixed)["miou"] == pytest.approx(chosen["val_miou"], abs=0.01)

@@ -29,6 +29,9 @@ def test_a_rendered_data_set_is_kept_and_read_back(tmp_path: Path, monkeypatch: 
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.bev, b.bev)
+        assert a.body is not None and a.body.any(), "the default rig's cameras see the car's body"
+        np.testing.assert_array_equal(a.body, b.body)
+        assert (a.labels[a.body] == 0).all(), "the body is labelled background"
     with pytest.raises(AssertionError, match="rendered again"):  # another seed is another data set
         open_source("synth", DEFAULT_RIG, TINY_SIZE_HW, count=2, seed=6, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 1  # and no temporary file is left behind

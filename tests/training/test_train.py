@@ -18,6 +18,7 @@ from bev_service.runtime.weights import load_model
 from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import TrainConfig
 from bev_service.training.data import ArraySource, FrameSet
+from bev_service.training.evaluate import IGNORE
 from bev_service.training.train import BatchSampler, class_weights, focus_ids, lr_at, train
 from tests.networks import TINY_SIZE_HW, procedural_source
 
@@ -149,6 +150,26 @@ def test_focus_crops_centre_on_rare_class_pixels() -> None:
     assert shown == [16, 16, 16, 16]  # every crop holds the pedestrian, even at the image border
     assert sum(int((uniform.batch(step)[1] == PEDESTRIAN).any(axis=(1, 2)).sum()) for step in range(4)) < 16
     np.testing.assert_array_equal(focused.batch(2)[1], focused.batch(2)[1])  # still a function of (seed, step)
+
+
+def test_the_body_can_be_left_out_of_the_loss() -> None:
+    labels = np.full((1, 32, 48), CLASSES[1].id, dtype=np.uint8)
+    body = np.zeros((1, 32, 48), dtype=bool)
+    body[0, 24:, :] = True  # the sill along the bottom rows
+    labels[body] = 0
+    images = np.zeros((1, 32, 48, 3), np.uint8)
+    source = ArraySource([FrameSet(images=images, labels=labels, body=body)])
+    ignored = BatchSampler(source, 2, None, seed=0, ignore_body=True).batch(0)[1]
+    assert (ignored[:, 24:] == IGNORE).all() and (ignored[:, :24] == CLASSES[1].id).all()
+    learnt = BatchSampler(source, 2, None, seed=0).batch(0)[1]
+    assert (learnt[:, 24:] == 0).all(), "by default the body is learnt as background"
+    np.testing.assert_array_equal(source[0].labels, labels)  # the source keeps its labels
+    with pytest.raises(ValueError, match="body"):
+        BatchSampler(ArraySource([FrameSet(images=images, labels=labels)]), 2, None, seed=0, ignore_body=True)
+    with pytest.raises(ValueError, match="body must be one of"):
+        TrainConfig(body="road")
+    with pytest.raises(ValueError, match="unknown rig kind"):
+        TrainConfig(val_rigs="default:0.5,blimp:0.5")
 
 
 def test_focus_settings_are_checked() -> None:
