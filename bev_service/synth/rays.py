@@ -29,7 +29,6 @@ GROUND = -2
 SKYLINE = -3
 FAR_M = 40.0  # rays that reach further than this may meet the skyline
 BODY_SETBACK_M = 0.15  # lenses sit this far out from the body (mirror housings, grille, tailgate handle)
-BODY_SKY_HEIGHT_M = 1.1  # how high the body stands for the sky it hides from the ground beside it (belt line)
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +47,6 @@ class CameraRays:
     ground: NDArray[np.intp]  # indices of rays that meet the ground plane
     ground_xy: FloatArray  # (G, 2) where they meet it, vehicle frame
     ground_levels: tuple[NDArray[np.intp], ...]  # positions in ``ground`` per texture mip level
-    ground_sky: NDArray[np.float32]  # (G,) share of the sky's light the vehicle's body leaves the ground point
     base_t: NDArray[np.float32]  # (T * P,) distance to the ground or the vehicle's body, inf for sky
     base_hit: NDArray[np.int16]  # (T * P,) GROUND, SKY or the index of the body part hit
     far: NDArray[np.intp]  # indices of rays that reach further than FAR_M
@@ -172,29 +170,11 @@ def build_camera_rays(camera: Camera, size_hw: tuple[int, int], body: tuple[obj.
         ground=ground,
         ground_xy=tile_order(ground_xy_img, tiles_yx)[ground],
         ground_levels=tuple(np.flatnonzero(ground_level == k) for k in range(int(np.nanmax(levels, initial=0)) + 1)),
-        ground_sky=body_sky_view(tile_order(ground_xy_img, tiles_yx)[ground], body),
         base_t=base_t,
         base_hit=base_hit,
         far=np.flatnonzero(valid & (base_t > FAR_M)),
         edge_falloff=_edge_falloff(rays_cam, valid_img),
     )
-
-
-def body_sky_view(xy: FloatArray, body: tuple[obj.Primitive, ...]) -> NDArray[np.float32]:
-    """(G,) share of a uniform sky's light that reaches ground points ``xy`` (vehicle frame) past the car.
-
-    The body is a wall of ``BODY_SKY_HEIGHT_M`` around its footprint: at distance ``d`` from it, an infinitely
-    long wall hides ``(1 - d / hypot(d, h)) / 2`` of the cosine-weighted sky, half of it at the body's foot (the
-    ambient occlusion that darkens the ground beside and under every real car). No body: the whole sky.
-    """
-    if not body:
-        return np.ones(len(xy), dtype=np.float32)
-    lo = np.min([np.asarray(p.centre[:2]) - np.asarray(p.size[:2]) for p in body], axis=0)
-    hi = np.max([np.asarray(p.centre[:2]) + np.asarray(p.size[:2]) for p in body], axis=0)
-    outside = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
-    d = np.hypot(outside[:, 0], outside[:, 1])
-    hidden = 0.5 * (1.0 - d / np.hypot(d, BODY_SKY_HEIGHT_M))
-    return (1.0 - hidden).astype(np.float32)
 
 
 def _ground_hits(origin: FloatArray, dirs: FloatArray) -> tuple[FloatArray, FloatArray]:

@@ -255,7 +255,7 @@ class Renderer:
             else:
                 albedo[members] = ground.colour_sampled(xy[members], level)
         shadow = shading.sample_shadow(shadows, cam.ground_xy)
-        light = app.ambient * cam.ground_sky + app.sun_strength * max(sun[2], 0.0) * (1.0 - 0.85 * shadow)
+        light = app.ambient + app.sun_strength * max(sun[2], 0.0) * (1.0 - 0.85 * shadow)
         radiance[cam.ground] = albedo * light[:, None].astype(np.float32)
 
     def _shade_primitives(

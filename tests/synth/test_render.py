@@ -15,7 +15,6 @@ from bev_service.geometry.grid import EGO
 from bev_service.geometry.rig import Camera, GroundHomography, Rig
 from bev_service.synth import Renderer, SyntheticWorld, VehiclePose, renderer_for
 from bev_service.synth.objects import Primitive
-from bev_service.synth.rays import BODY_SKY_HEIGHT_M, body_sky_view
 from bev_service.synth.render import RenderedFrameSet
 
 GROUND_IDS = {c.id for c in CLASSES if c.ground}
@@ -224,25 +223,6 @@ def test_the_body_is_in_view_and_never_a_ground_class(small_renderer: Renderer, 
         assert (labels == CLASS_IDS["background"]).all(), f"{cam.name}: a body pixel labelled as an object"
     assert seen > 0, "the default rig's cameras see the car's body"
     assert busy_frame_set.body_stack().shape == busy_frame_set.label_stack().shape
-
-
-def test_the_ground_beside_the_body_is_in_its_shade(small_renderer: Renderer) -> None:
-    """The body hides half the sky at its foot, less and less further out; nothing without a body."""
-    body = small_renderer.body
-    (x0, x1), (y0, y1) = small_renderer.rig.ego.x_range_m, small_renderer.rig.ego.y_range_m
-    side = (x0 + x1) / 2
-    out = np.array([0.0, 0.25, 1.0, 4.0, 40.0])
-    xy = np.stack([np.full_like(out, side), y1 + out], axis=1)
-    sky = body_sky_view(xy, body)
-    assert sky[0] == pytest.approx(0.5, abs=1e-6), "at the sill, the wall hides half the sky"
-    assert np.all(np.diff(sky) > 0) and sky[-1] > 0.999
-    h = BODY_SKY_HEIGHT_M  # against the formula at 1 m out: (1 - d / hypot(d, h)) / 2 hidden
-    assert sky[2] == pytest.approx(1.0 - 0.5 * (1.0 - 1.0 / math.hypot(1.0, h)), abs=1e-6)
-    inside = np.array([[side, (y0 + y1) / 2]])
-    assert body_sky_view(inside, body)[0] == pytest.approx(0.5), "under the car: as dark as its foot"
-    assert (body_sky_view(xy, ()) == 1.0).all()
-    for cam in small_renderer.cameras:  # every ground pixel of the default rig's cameras carries its share
-        assert cam.ground_sky.shape == (cam.ground.size,) and 0.5 <= cam.ground_sky.min() < 0.7
 
 
 def test_same_inputs_render_identically_and_seeds_differ(world: SyntheticWorld, small_renderer: Renderer) -> None:

@@ -12,7 +12,14 @@ from bev_service.cli.main import build_parser
 from bev_service.cli.model import config_from_args
 from bev_service.errors import FrameError
 from bev_service.shipped import MODELS
-from bev_service.training.config import SHIPPED_RECIPE, PruneConfig, RunConfig, TrainConfig, read_recipe
+from bev_service.training.config import (
+    RESUMABLE_CHANGES,
+    SHIPPED_RECIPE,
+    PruneConfig,
+    RunConfig,
+    TrainConfig,
+    read_recipe,
+)
 
 # The flags `make train` passed before the recipe file held them, and those the recipe has since gained.
 DATA_FLAGS = ["--train-frame-sets", "448", "--rigs", "default:0.35,surround:0.45,front_pinhole:0.2", "--augment", "full"]
@@ -91,3 +98,22 @@ def test_stored_flat_configs_still_load() -> None:
         TrainConfig.from_dict({"lovasz": 1.0})
     with pytest.raises(ValueError, match="no longer supported"):
         PruneConfig.from_dict({**report["config"], "distill": 0.5})
+
+
+def test_the_validation_rigs_and_the_body_are_flags_of_both_commands() -> None:
+    mix = "default:0.5,surround:0.5"
+    for command in ("train", "prune"):
+        extra = ["--model", "m.pt"] if command == "prune" else []
+        config = parsed(command, *extra, "--val-rigs", mix, "--body", "ignore", "--augment", "style")
+        assert (config.val_rigs, config.body, config.augment) == (mix, "ignore", "style")
+        assert parsed(command, *extra).body == "background", "the body is learnt as background unless asked"
+    stored = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("val_rigs", "body")}
+    assert TrainConfig.from_dict(stored) == TrainConfig(), "configs stored before the settings existed still load"
+    assert "val_rigs" in RESUMABLE_CHANGES and "body" not in RESUMABLE_CHANGES  # the body changes what is learnt
+
+
+def test_the_body_ignore_recipe_is_the_shipped_one_with_three_changes() -> None:
+    for command in ("train", "prune"):
+        shipped, candidate = read_recipe("shipped", command), read_recipe("body-ignore", command)
+        changed = {k: v for k, v in candidate.items() if shipped.get(k) != v}
+        assert changed == {"val_rigs": shipped["rigs"], "val_frame_sets": 32, "body": "ignore"}
