@@ -8,7 +8,7 @@ A source is anything with ``len`` and indexing that yields ``FrameSet``s at the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -16,13 +16,15 @@ from numpy.typing import NDArray
 
 from bev_service.runtime.resize import resize_images, resize_labels
 
+IGNORE = 255  # the label of pixels that neither the loss nor the scores count
+
 
 @dataclass(frozen=True)
 class FrameSet:
     """One synchronised frame set in the rig's camera order."""
 
     images: NDArray[np.uint8]  # (N, H, W, 3) RGB at the network input size
-    labels: NDArray[np.uint8]  # (N, H, W) class ids (255: unlabelled, ignored)
+    labels: NDArray[np.uint8]  # (N, H, W) class ids (IGNORE: unlabelled, ignored)
     bev: NDArray[np.uint8] | None = None  # (rows, cols) true BEV grid, when the source knows it
     name: str = ""
     body: NDArray[np.bool_] | None = None  # (N, H, W) pixels of the vehicle's own body, when the source knows them
@@ -73,6 +75,25 @@ class CachedSource:
         if index not in self._cache:
             self._cache[index] = self._source[index]
         return self._cache[index]
+
+
+class BodyIgnored:
+    """The frame sets of ``source`` with the vehicle's own body labelled IGNORE: out of the loss and the scores
+    (``--body ignore``); built on access, one ``np.where`` per frame set."""
+
+    def __init__(self, source: FrameSource) -> None:
+        if len(source) and source[0].body is None:
+            raise ValueError("ignoring the vehicle's body needs frame sets that know it (rendered ones: --data synth)")
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> FrameSet:
+        frame_set = self._source[index]
+        if frame_set.body is None:
+            raise ValueError(f"frame set {frame_set.name!r} has no body mask")
+        return replace(frame_set, labels=np.where(frame_set.body, np.uint8(IGNORE), frame_set.labels))
 
 
 def resized(frame_set: FrameSet, size_hw: tuple[int, int]) -> FrameSet:

@@ -30,8 +30,6 @@ from bev_service.runtime.resize import resize_images, resize_labels
 from bev_service.runtime.segmenter import Segmenter
 from bev_service.training.data import FrameSet, FrameSource
 
-IGNORE = 255
-
 
 @dataclass
 class Confusion:

@@ -37,7 +37,7 @@ from bev_service.training.data import FrameSource
 from bev_service.training.evaluate import evaluate
 from bev_service.training.prior import correct_prior
 from bev_service.training.stats import count_params_macs, latency_ms
-from bev_service.training.train import BatchSampler, Trainer, class_weights, focus_ids
+from bev_service.training.train import BatchSampler, Trainer, body_rule, class_weights, focus_ids
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     if loaded.info.get("pruned_from"):
         log.warning("%s is already pruned; pruning it further", config.model)
     model, model_config = loaded.model, loaded.config
+    train_source = body_rule(config, train_source)
+    val_source = None if val_source is None else body_rule(config, val_source)
     before = measure(model, model_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
     finetune = config.finetune_config()
     weights = class_weights(train_source, model_config.num_classes, c=finetune.class_weight_c)
@@ -126,10 +128,7 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     def after_step(k: int) -> None:
         seed = config.seed * 1000 + k + 1
         crop = finetune.crop_size_hw
-        ignore_body = finetune.body == "ignore"
-        sampler = BatchSampler(
-            train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids, ignore_body=ignore_body
-        )
+        sampler = BatchSampler(train_source, finetune.batch_size, crop, seed, focus=finetune.focus, focus_ids=ids)
         last = k == config.iterative_steps - 1
         total = config.finetune_steps + (config.final_finetune_steps if last else 0)
         trainer = Trainer(model, sampler, weights, finetune, total_steps=total)

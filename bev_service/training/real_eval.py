@@ -40,7 +40,8 @@ from bev_service.imageio import read_image
 from bev_service.runtime.pipeline import input_sizes
 from bev_service.runtime.resize import resize_images, resize_labels
 from bev_service.runtime.segmenter import Segmenter
-from bev_service.training.evaluate import IGNORE, Confusion, summary
+from bev_service.training.data import IGNORE
+from bev_service.training.evaluate import Confusion, summary
 
 FORMAT = "bev-real-annotations/1"
 BODY = "body"

@@ -36,8 +36,8 @@ from bev_service.runtime.torch_backend import TorchSegmenter, default_device
 from bev_service.runtime.weights import read_payload, save_model
 from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import REMOVED_SETTINGS, RESUMABLE_CHANGES, RunConfig, TrainConfig
-from bev_service.training.data import FrameSource
-from bev_service.training.evaluate import IGNORE, evaluate
+from bev_service.training.data import IGNORE, BodyIgnored, FrameSource
+from bev_service.training.evaluate import evaluate
 from bev_service.training.plot import Series, plot_training
 from bev_service.training.prior import correct_prior
 
@@ -77,14 +77,11 @@ class BatchSampler:
         *,
         focus: float = 0.0,
         focus_ids: tuple[int, ...] = (),
-        ignore_body: bool = False,
     ) -> None:
         if len(source) == 0:
             raise ValueError("no training frame sets")
-        if ignore_body and source[0].body is None:
-            raise ValueError("ignoring the vehicle's body needs frame sets that know it (rendered ones: --data synth)")
         self.source, self.batch_size, self.crop, self.seed = source, batch_size, crop_size_hw, seed
-        self.focus, self.focus_ids, self.ignore_body = focus, focus_ids, ignore_body
+        self.focus, self.focus_ids = focus, focus_ids
 
     def batch(self, step: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8], np.random.Generator]:
         rng = np.random.default_rng([self.seed, step])
@@ -93,8 +90,6 @@ class BatchSampler:
             frame_set = self.source[int(index)]
             cam = int(rng.integers(frame_set.images.shape[0]))
             image, label = frame_set.images[cam], frame_set.labels[cam]
-            if self.ignore_body and frame_set.body is not None:
-                label = np.where(frame_set.body[cam], np.uint8(IGNORE), label)
             if self.crop is not None:
                 ch, cw = min(self.crop[0], image.shape[0]), min(self.crop[1], image.shape[1])
                 top, left = self._corner(label, ch, cw, rng)
@@ -117,6 +112,11 @@ class BatchSampler:
         top = int(np.clip(rows[pick] - ch // 2 + jitter_r, 0, h - ch))
         left = int(np.clip(cols[pick] - cw // 2 + jitter_c, 0, w - cw))
         return top, left
+
+
+def body_rule(config: RunConfig, source: FrameSource) -> FrameSource:
+    """``source`` as ``config.body`` has the loss and the validation see the vehicle's body."""
+    return BodyIgnored(source) if config.body == "ignore" else source
 
 
 def focus_ids(config: RunConfig, class_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -258,6 +258,7 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     if config.threads:
         torch.set_num_threads(config.threads)
     model_config = config.model_config()
+    train_source, val_source = body_rule(config, train_source), body_rule(config, val_source)
     start, payload = _start_state(config)
     weights = (
         payload["class_weights"] if payload else class_weights(train_source, model_config.num_classes, c=config.class_weight_c)
@@ -270,7 +271,6 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
         config.seed,
         focus=config.focus,
         focus_ids=focus_ids(config, model_config.class_names),
-        ignore_body=config.body == "ignore",
     )
     trainer = Trainer(model, sampler, weights, config, total_steps=config.steps)
     if payload:

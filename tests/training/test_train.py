@@ -17,9 +17,8 @@ from bev_service.errors import ModelError
 from bev_service.runtime.weights import load_model
 from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import TrainConfig
-from bev_service.training.data import ArraySource, FrameSet
-from bev_service.training.evaluate import IGNORE
-from bev_service.training.train import BatchSampler, class_weights, focus_ids, lr_at, train
+from bev_service.training.data import IGNORE, ArraySource, BodyIgnored, FrameSet
+from bev_service.training.train import BatchSampler, body_rule, class_weights, focus_ids, lr_at, train
 from tests.networks import TINY_SIZE_HW, procedural_source
 
 PEDESTRIAN = CLASS_NAMES.index("pedestrian")
@@ -159,13 +158,14 @@ def test_the_body_can_be_left_out_of_the_loss() -> None:
     labels[body] = 0
     images = np.zeros((1, 32, 48, 3), np.uint8)
     source = ArraySource([FrameSet(images=images, labels=labels, body=body)])
-    ignored = BatchSampler(source, 2, None, seed=0, ignore_body=True).batch(0)[1]
+    ignored = BatchSampler(body_rule(TrainConfig(body="ignore"), source), 2, None, seed=0).batch(0)[1]
     assert (ignored[:, 24:] == IGNORE).all() and (ignored[:, :24] == CLASSES[1].id).all()
-    learnt = BatchSampler(source, 2, None, seed=0).batch(0)[1]
+    learnt = BatchSampler(body_rule(TrainConfig(), source), 2, None, seed=0).batch(0)[1]
     assert (learnt[:, 24:] == 0).all(), "by default the body is learnt as background"
     np.testing.assert_array_equal(source[0].labels, labels)  # the source keeps its labels
+    assert class_weights(BodyIgnored(source), 8)[0] > class_weights(source, 8)[0], "the body counts as no background"
     with pytest.raises(ValueError, match="body"):
-        BatchSampler(ArraySource([FrameSet(images=images, labels=labels)]), 2, None, seed=0, ignore_body=True)
+        BodyIgnored(ArraySource([FrameSet(images=images, labels=labels)]))
     with pytest.raises(ValueError, match="body must be one of"):
         TrainConfig(body="road")
     with pytest.raises(ValueError, match="unknown rig kind"):
@@ -187,3 +187,18 @@ def test_both_precisions_train(tmp_path: Path, precision: str) -> None:
     rows = [r for r in read_metrics(tmp_path) if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert all(p.is_contiguous() for p in load_model(tmp_path / "model.pt").model.parameters())  # NCHW on file
+
+
+def test_a_run_that_ignores_the_body_needs_body_masks_in_training_and_validation(tmp_path: Path) -> None:
+    def with_body(source: ArraySource) -> ArraySource:
+        frames = [source[i] for i in range(len(source))]
+        masks = [np.zeros(f.labels.shape, dtype=bool) for f in frames]
+        for m in masks:
+            m[:, -8:] = True  # a sill along the bottom rows
+        return ArraySource([FrameSet(images=f.images, labels=f.labels, body=m) for f, m in zip(frames, masks, strict=True)])
+
+    config = tiny_run(tmp_path, steps=4, eval_every=4, checkpoint_every=4, body="ignore", prior_correction=False)
+    with pytest.raises(ValueError, match="body"):
+        train(config, with_body(procedural_source(2, seed=1)), procedural_source(1, seed=2))  # validation without masks
+    train(config, with_body(procedural_source(2, seed=1)), with_body(procedural_source(1, seed=2)))
+    assert (tmp_path / "model.pt").is_file()
