@@ -128,6 +128,13 @@ def _register_eval(commands: Any) -> None:
         help="score at the network's input size (labels resized, nearest), or at the size a folder's labels were "
         "written at, the prediction scaled up to it: one reference for networks of different input sizes",
     )
+    p.add_argument(
+        "--body",
+        default="background",
+        choices=("background", "ignore"),
+        help="the vehicle's own body in rendered labels: scored as the background it is labelled, or not scored "
+        "(the BEV never sees it: the rig's masks keep it off the grid)",
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=run_eval)
 
@@ -211,6 +218,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from bev_service.geometry.projector import BevProjector
     from bev_service.runtime.segmenter import load_segmenter
+    from bev_service.training.data import BodyLabelled
     from bev_service.training.evaluate import evaluate, format_table
     from bev_service.training.synthdata import open_source
 
@@ -222,8 +230,14 @@ def run_eval(args: argparse.Namespace) -> int:
     size = segmenter.input_size_hw
     native = args.labels_at == "frame"
     source = open_source(data, args.rig, size, count=args.frame_sets, seed=args.val_seed, progress=True, native_size=native)
+    if args.body == "ignore":
+        try:
+            source = BodyLabelled(source)
+        except ValueError as exc:
+            raise FrameError(f"--body ignore: {exc}") from exc
     report = evaluate(segmenter, source, projector=BevProjector(rig), progress=True).report()
-    report = {"model": str(args.model), "backend": segmenter.backend, "data": data, "labels_at": args.labels_at, **report}
+    meta = {"data": data, "labels_at": args.labels_at, "body": args.body}
+    report = {"model": str(args.model), "backend": segmenter.backend, **meta, **report}
     print(format_table(report))
     _write_report(args.json, report)
     return 0

@@ -22,7 +22,8 @@ from bev_service.shipped import DEFAULT_RIG
 
 PRECISIONS = ("bf16", "fp32")
 AUGMENTS = ("legacy", "full", "style")  # AugmentConfig.preset
-BODY_LABELS = ("background", "ignore")  # what the loss makes of the vehicle's own body: learnt as background, or no loss
+# What the loss makes of the vehicle's own body: learnt as background, left out, or learnt as a vehicle (it is one).
+BODY_LABELS = ("background", "ignore", "vehicle")
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -65,7 +66,7 @@ class RunConfig:
     val_seed: int = 100_000
     val_frame_sets: int = 16
     val_rigs: str = "default"  # the validation's rig mix, as ``rigs``: a mix with random rigs validates on rigs never trained on
-    body: str = "background"  # the vehicle's own body in the loss (rendered frame sets know it): "background" or "ignore"
+    body: str = "background"  # the vehicle's own body in the loss (rendered frame sets know it): one of BODY_LABELS
     render_cache: str = ""  # a folder: rendered data sets are kept there and reused (training/synthdata.py); "": none
     crop_height: int = 192  # 0: train on whole images
     crop_width: int = 256

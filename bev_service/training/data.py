@@ -77,14 +77,16 @@ class CachedSource:
         return self._cache[index]
 
 
-class BodyIgnored:
-    """The frame sets of ``source`` with the vehicle's own body labelled IGNORE: out of the loss and the scores
-    (``--body ignore``); built on access, one ``np.where`` per frame set."""
+class BodyLabelled:
+    """The frame sets of ``source`` with the vehicle's own body labelled ``value``: IGNORE leaves it out of the
+    loss and the scores (``--body ignore``), a class id teaches it as that class (``--body vehicle``); built on
+    access, one ``np.where`` per frame set."""
 
-    def __init__(self, source: FrameSource) -> None:
+    def __init__(self, source: FrameSource, value: int = IGNORE) -> None:
         if len(source) and source[0].body is None:
-            raise ValueError("ignoring the vehicle's body needs frame sets that know it (rendered ones: --data synth)")
+            raise ValueError("relabelling the vehicle's body needs frame sets that know it (rendered ones: --data synth)")
         self._source = source
+        self._value = np.uint8(value)
 
     def __len__(self) -> int:
         return len(self._source)
@@ -93,7 +95,7 @@ class BodyIgnored:
         frame_set = self._source[index]
         if frame_set.body is None:
             raise ValueError(f"frame set {frame_set.name!r} has no body mask")
-        return replace(frame_set, labels=np.where(frame_set.body, np.uint8(IGNORE), frame_set.labels))
+        return replace(frame_set, labels=np.where(frame_set.body, self._value, frame_set.labels))
 
 
 def resized(frame_set: FrameSet, size_hw: tuple[int, int]) -> FrameSet:

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from torch.nn import functional as F  # noqa: N812 (the PyTorch convention)
 from tqdm import tqdm
 
+from bev_service.classes import CLASS_IDS
 from bev_service.errors import ModelError
 from bev_service.runtime.enet import ENet, on_device
 from bev_service.runtime.model_config import ModelConfig
@@ -36,7 +37,7 @@ from bev_service.runtime.torch_backend import TorchSegmenter, default_device
 from bev_service.runtime.weights import read_payload, save_model
 from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import REMOVED_SETTINGS, RESUMABLE_CHANGES, RunConfig, TrainConfig
-from bev_service.training.data import IGNORE, BodyIgnored, FrameSource
+from bev_service.training.data import IGNORE, BodyLabelled, FrameSource
 from bev_service.training.evaluate import evaluate
 from bev_service.training.plot import Series, plot_training
 from bev_service.training.prior import correct_prior
@@ -116,7 +117,9 @@ class BatchSampler:
 
 def body_rule(config: RunConfig, source: FrameSource) -> FrameSource:
     """``source`` as ``config.body`` has the loss and the validation see the vehicle's body."""
-    return BodyIgnored(source) if config.body == "ignore" else source
+    if config.body == "background":  # as rendered
+        return source
+    return BodyLabelled(source, IGNORE if config.body == "ignore" else CLASS_IDS[config.body])
 
 
 def focus_ids(config: RunConfig, class_names: tuple[str, ...]) -> tuple[int, ...]:

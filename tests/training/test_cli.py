@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from bev_service.runtime.weights import load_model, save_model
 from bev_service.training.evaluate import Confusion
 from bev_service.training.synthdata import DirectorySource
 from tests.conftest import DEFAULT_RIG
-from tests.networks import TINY_SIZE_HW, tiny_model
+from tests.networks import TINY, TINY_SIZE_HW, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,40 @@ def test_eval_at_the_frame_size_scores_a_smaller_network_against_the_folders_lab
 
     assert main([*common[:3], "--data", "synth", "--labels-at", "frame"]) == 2
     assert "need a bev synth folder" in capsys.readouterr().err
+
+
+def test_eval_can_leave_the_body_unscored(synth_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "tiny.pt"
+    save_model(model, tiny_model(), TINY)
+    common = ["eval", "--model", str(model), "--data", str(synth_folder), "--rig", str(DEFAULT_RIG)]
+    assert main([*common, "--body", "ignore", "--json", str(tmp_path / "no-body.json")]) == 0
+    report = json.loads((tmp_path / "no-body.json").read_text())
+    assert report["body"] == "ignore"
+
+    # By hand: every labelled pixel but the body's.
+    source = DirectorySource(synth_folder, TINY_SIZE_HW)
+    segmenter = TorchSegmenter(tiny_model(), TINY, device="cpu")
+    by_hand, with_body, body_pixels = Confusion(TINY.num_classes), Confusion(TINY.num_classes), 0
+    for i in range(len(source)):
+        frame = source[i]
+        assert frame.body is not None
+        predicted = segmenter.segment(frame.images).labels_numpy()
+        by_hand.update(predicted[~frame.body], frame.labels[~frame.body])
+        with_body.update(predicted, frame.labels)
+        body_pixels += int(frame.body.sum())
+    assert body_pixels > 0, "the default rig's cameras see the body"
+    assert report["image"]["miou"] == pytest.approx(by_hand.miou(), abs=1e-4)
+    assert by_hand.miou() != pytest.approx(with_body.miou(), abs=1e-6)
+
+    old = tmp_path / "old"  # a folder written before frame sets carried body masks
+    shutil.copytree(synth_folder, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for frame_set in manifest["frame_sets"]:
+        for files in frame_set["files"]["cameras"].values():
+            del files["body"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert main([*common[:3], "--data", str(old), "--rig", str(DEFAULT_RIG), "--body", "ignore"]) == 2
+    assert "--body ignore" in capsys.readouterr().err
 
 
 def test_resuming_with_other_settings_is_an_error_exit(

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from bev_service.classes import CLASS_NAMES, CLASSES
+from bev_service.classes import CLASS_IDS, CLASS_NAMES, CLASSES
 from bev_service.errors import ModelError
 from bev_service.runtime.weights import load_model
 from bev_service.training.augment import AugmentConfig, augment
 from bev_service.training.config import TrainConfig
-from bev_service.training.data import IGNORE, ArraySource, BodyIgnored, FrameSet
+from bev_service.training.data import IGNORE, ArraySource, BodyLabelled, FrameSet
 from bev_service.training.train import BatchSampler, body_rule, class_weights, focus_ids, lr_at, train
 from tests.networks import TINY_SIZE_HW, procedural_source
 
@@ -162,10 +162,12 @@ def test_the_body_can_be_left_out_of_the_loss() -> None:
     assert (ignored[:, 24:] == IGNORE).all() and (ignored[:, :24] == CLASSES[1].id).all()
     learnt = BatchSampler(body_rule(TrainConfig(), source), 2, None, seed=0).batch(0)[1]
     assert (learnt[:, 24:] == 0).all(), "by default the body is learnt as background"
+    vehicle = BatchSampler(body_rule(TrainConfig(body="vehicle"), source), 2, None, seed=0).batch(0)[1]
+    assert (vehicle[:, 24:] == CLASS_IDS["vehicle"]).all() and (vehicle[:, :24] == CLASSES[1].id).all()
     np.testing.assert_array_equal(source[0].labels, labels)  # the source keeps its labels
-    assert class_weights(BodyIgnored(source), 8)[0] > class_weights(source, 8)[0], "the body counts as no background"
+    assert class_weights(BodyLabelled(source), 8)[0] > class_weights(source, 8)[0], "the body counts as no background"
     with pytest.raises(ValueError, match="body"):
-        BodyIgnored(ArraySource([FrameSet(images=images, labels=labels)]))
+        BodyLabelled(ArraySource([FrameSet(images=images, labels=labels)]))
     with pytest.raises(ValueError, match="body must be one of"):
         TrainConfig(body="road")
     with pytest.raises(ValueError, match="unknown rig kind"):
