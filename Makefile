@@ -89,16 +89,19 @@ train: $(STAMP)
 	$(MAKE) eval
 
 # The drive is rendered at the cameras' 960x640, as JPEGs: the networks see it through the pipeline's resize.
-# Scored twice: at the network's input size (labels resized, nearest), and at 960x640 (--labels-at frame).
+# Scored at the network's input size (labels resized, nearest), at 960x640 (--labels-at frame), and without the
+# car's own body (--body ignore: the pixels the rig's masks keep off the grid).
 eval: $(STAMP)
 	rm -rf $(EVAL_DRIVE)
 	$(BIN)/bev synth --drive --frames 24 --speed-mps 8 --fps 2 --seed 200000 --out $(EVAL_DRIVE) --no-progress
 	for m in enet enet-pruned; do \
 		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --json $(BUILD)/eval-$$m.json && \
-		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json \
+		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --labels-at frame --json $(BUILD)/eval-$$m-frame.json && \
+		$(BIN)/bev eval --model $(MODELS)/$$m.pt --data $(EVAL_DRIVE) --body ignore --json $(BUILD)/eval-$$m-nobody.json \
 		|| exit 1; \
 	done
 	$(BIN)/bev eval --model $(MODELS)/enet-pruned-int8.onnx --data $(EVAL_DRIVE) --json $(BUILD)/eval-enet-pruned-int8.json
+	$(BIN)/bev eval --model $(MODELS)/enet-pruned-int8.onnx --data $(EVAL_DRIVE) --body ignore --json $(BUILD)/eval-enet-pruned-int8-nobody.json
 
 # Builds the image on a local base, brings the compose demo up, checks the demo streamer's grids, tears down.
 docker-test:

@@ -236,7 +236,7 @@ def run_eval(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise FrameError(f"--body ignore: {exc}") from exc
     report = evaluate(segmenter, source, projector=BevProjector(rig), progress=True).report()
-    meta = {"data": data, "labels_at": args.labels_at, "body": args.body}
+    meta = {"data": data, "labels_at": args.labels_at, "body_scored_as": args.body}
     report = {"model": str(args.model), "backend": segmenter.backend, **meta, **report}
     print(format_table(report))
     _write_report(args.json, report)

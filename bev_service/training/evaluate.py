@@ -82,6 +82,21 @@ def summary(conf: Confusion, class_names: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+GROUND_CLASSES = tuple(c.name for c in CLASSES if c.ground)
+
+
+def body_summary(counts: NDArray[np.int64], names: tuple[str, ...]) -> dict[str, Any]:
+    """What the vehicle's own body was called: its pixels, the share called a ground class, the share per class."""
+    total = int(counts.sum())
+    ground = sum(int(c) for n, c in zip(names, counts, strict=True) if n in GROUND_CLASSES)
+    return {
+        "pixels": total,
+        "ground_share": round(ground / total, 4) if total else None,
+        "ground_classes": list(GROUND_CLASSES),
+        "called": {n: round(int(c) / total, 4) if total else None for n, c in zip(names, counts, strict=True)},
+    }
+
+
 def _finite(value: float) -> float | None:
     return round(float(value), 4) if np.isfinite(value) else None
 
@@ -100,15 +115,19 @@ class Evaluation:
     bev: Confusion  # prediction vs true BEV
     bev_vs_oracle: Confusion  # prediction vs the warp of the true labels
     oracle: Confusion  # warp of the true labels vs true BEV: the flat-ground ceiling
+    body: NDArray[np.int64]  # the vehicle's own body pixels by predicted class (frame sets that know the body)
     frame_sets: int = 0
 
     @classmethod
     def empty(cls, class_names: tuple[str, ...]) -> Evaluation:
         n = len(class_names)
-        return cls(class_names, Confusion(n), Confusion(n), Confusion(n), Confusion(n))
+        return cls(class_names, Confusion(n), Confusion(n), Confusion(n), Confusion(n), np.zeros(n, dtype=np.int64))
 
     def add(self, frame_set: FrameSet, predicted: NDArray[np.uint8], projector: BevProjector | None) -> None:
         self.image.update(predicted, frame_set.labels)
+        if frame_set.body is not None:
+            n = len(self.class_names)
+            self.body += np.bincount(predicted[frame_set.body], minlength=n)[:n]
         self.frame_sets += 1
         if projector is None or frame_set.bev is None:
             return
@@ -122,6 +141,8 @@ class Evaluation:
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"frame_sets": self.frame_sets, "image": summary(self.image, self.class_names)}
+        if self.body.sum():
+            out["body"] = body_summary(self.body, self.class_names)
         if self.bev.matrix.sum():
             out["bev"] = summary(self.bev, self.class_names)
             out["bev_vs_oracle"] = summary(self.bev_vs_oracle, self.class_names)
@@ -162,6 +183,8 @@ def format_table(report: dict[str, Any]) -> str:
         cells = [report[s]["iou"][name] for s in spaces]
         lines.append(name.ljust(width) + "".join(_cell(v).rjust(20) for v in cells))
     lines.append("mIoU".ljust(width) + "".join(_cell(report[s]["miou"]).rjust(20) for s in spaces))
+    if report.get("body"):
+        lines.append(f"the vehicle's own body called a ground class: {report['body']['ground_share']:.3f} of its pixels")
     return "\n".join(lines)
 
 

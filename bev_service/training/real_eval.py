@@ -41,13 +41,12 @@ from bev_service.runtime.pipeline import input_sizes
 from bev_service.runtime.resize import resize_images, resize_labels
 from bev_service.runtime.segmenter import Segmenter
 from bev_service.training.data import IGNORE
-from bev_service.training.evaluate import Confusion, summary
+from bev_service.training.evaluate import Confusion, body_summary, summary
 
 FORMAT = "bev-real-annotations/1"
 BODY = "body"
 UNJUDGED = "unjudged"
 BODY_VALUE = 254  # the body's value in a rasterised image reference (never a class id, skipped by Confusion)
-GROUND_CLASSES = tuple(c.name for c in CLASSES if c.ground)
 DEFAULT_REAL_DATA = Path("..") / "shared" / "data" / "real"
 IMPORTER_OPTIONS = {"kdt-json": {"units_m"}, "ocam-json": {"heights_m", "cell_size_m", "cells"}, "surround-view-yaml": set()}
 IMPORTERS = (*IMPORTER_OPTIONS, "rig-file")
@@ -340,7 +339,7 @@ class RealScore:
         return {
             "images": self.images,
             "image": _space(self.image, self.class_names),
-            "body": _body(self.body, self.class_names),
+            "body": body_summary(self.body, self.class_names),
             "bev": {**_space(self.bev, self.class_names), "unseen_cells": self.bev_unseen},
         }
 
@@ -352,17 +351,6 @@ def _space(conf: Confusion, names: tuple[str, ...]) -> dict[str, Any]:
         "classes_present": [n for n, s in zip(names, support, strict=True) if s > 0],
         "judged": int(support.sum()),
         "confusion": {"rows": "reference", "columns": "predicted", "matrix": conf.matrix.tolist()},
-    }
-
-
-def _body(counts: NDArray[np.int64], names: tuple[str, ...]) -> dict[str, Any]:
-    total = int(counts.sum())
-    ground = sum(int(c) for n, c in zip(names, counts, strict=True) if n in GROUND_CLASSES)
-    return {
-        "pixels": total,
-        "ground_share": round(ground / total, 4) if total else None,
-        "ground_classes": list(GROUND_CLASSES),
-        "called": {n: round(int(c) / total, 4) if total else None for n, c in zip(names, counts, strict=True)},
     }
 
 

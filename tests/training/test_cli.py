@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bev_service.calib.rigfile import load_rig
+from bev_service.classes import CLASSES
 from bev_service.cli.main import main
 from bev_service.geometry.grid import EGO, UNKNOWN
 from bev_service.imageio import read_labels
@@ -97,21 +98,25 @@ def test_eval_can_leave_the_body_unscored(synth_folder: Path, tmp_path: Path, ca
     common = ["eval", "--model", str(model), "--data", str(synth_folder), "--rig", str(DEFAULT_RIG)]
     assert main([*common, "--body", "ignore", "--json", str(tmp_path / "no-body.json")]) == 0
     report = json.loads((tmp_path / "no-body.json").read_text())
-    assert report["body"] == "ignore"
+    assert report["body_scored_as"] == "ignore"
 
     # By hand: every labelled pixel but the body's.
     source = DirectorySource(synth_folder, TINY_SIZE_HW)
     segmenter = TorchSegmenter(tiny_model(), TINY, device="cpu")
-    by_hand, with_body, body_pixels = Confusion(TINY.num_classes), Confusion(TINY.num_classes), 0
+    by_hand, with_body = Confusion(TINY.num_classes), Confusion(TINY.num_classes)
+    body_called = np.zeros(TINY.num_classes, dtype=np.int64)
     for i in range(len(source)):
         frame = source[i]
         assert frame.body is not None
         predicted = segmenter.segment(frame.images).labels_numpy()
         by_hand.update(predicted[~frame.body], frame.labels[~frame.body])
         with_body.update(predicted, frame.labels)
-        body_pixels += int(frame.body.sum())
-    assert body_pixels > 0, "the default rig's cameras see the body"
+        body_called += np.bincount(predicted[frame.body], minlength=TINY.num_classes)
+    assert body_called.sum() > 0, "the default rig's cameras see the body"
     assert report["image"]["miou"] == pytest.approx(by_hand.miou(), abs=1e-4)
+    ground = [c.id for c in CLASSES if c.ground]
+    assert report["body"]["pixels"] == body_called.sum()
+    assert report["body"]["ground_share"] == pytest.approx(body_called[ground].sum() / body_called.sum(), abs=1e-4)
     assert by_hand.miou() != pytest.approx(with_body.miou(), abs=1e-6)
 
     old = tmp_path / "old"  # a folder written before frame sets carried body masks
