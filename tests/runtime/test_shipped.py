@@ -17,7 +17,7 @@ from bev_service.runtime.onnx_backend import OnnxSegmenter
 from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.runtime.weights import load_model
 from bev_service.shipped import MODELS, PRUNED_MODEL, UNPRUNED_MODEL
-from bev_service.training.data import ArraySource
+from bev_service.training.data import BodyLabelled, FrameSource
 from bev_service.training.evaluate import evaluate
 from bev_service.training.synthdata import render_source
 from tests.conftest import DEFAULT_RIG
@@ -32,10 +32,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def held_out() -> tuple[ArraySource, BevProjector]:
+def held_out() -> tuple[FrameSource, BevProjector]:
     rig = load_rig(DEFAULT_RIG)
     size = load_model(PRUNED).config.input_size_hw
-    return render_source(rig, count=1, seed=HELD_OUT_SEED, input_size_hw=size), BevProjector(rig)
+    # The body is not scored: the networks are trained without it (body: ignore) and the BEV never sees it.
+    return BodyLabelled(render_source(rig, count=1, seed=HELD_OUT_SEED, input_size_hw=size)), BevProjector(rig)
 
 
 def test_the_pruned_model_is_smaller_and_keeps_the_interface() -> None:
@@ -50,14 +51,14 @@ def test_the_pruned_model_is_smaller_and_keeps_the_interface() -> None:
     assert report["macs_ratio"] >= 2.0
 
 
-# Floors 0.05-0.06 under what the shipped weights score on this frame set (enet 0.480 image / 0.411 BEV against
-# the oracle, enet-pruned 0.473 / 0.419; pedestrians and static obstacles score near 0 on it): a regression
-# in weights, runtime or warp shows, float noise does not.
+# Floors 0.05-0.06 under what the shipped weights score on this frame set without the body (enet 0.477 image /
+# 0.449 BEV against the oracle, enet-pruned 0.488 / 0.424; pedestrians and static obstacles score near 0 on it):
+# a regression in weights, runtime or warp shows, float noise does not.
 @pytest.mark.parametrize(
-    ("path", "image_floor", "bev_floor"), [(UNPRUNED, 0.43, 0.36), (PRUNED, 0.42, 0.36)], ids=["enet", "enet-pruned"]
+    ("path", "image_floor", "bev_floor"), [(UNPRUNED, 0.42, 0.39), (PRUNED, 0.43, 0.37)], ids=["enet", "enet-pruned"]
 )
 def test_shipped_model_segments_a_held_out_frame_set(
-    path: Path, image_floor: float, bev_floor: float, held_out: tuple[ArraySource, BevProjector]
+    path: Path, image_floor: float, bev_floor: float, held_out: tuple[FrameSource, BevProjector]
 ) -> None:
     source, projector = held_out
     loaded = load_model(path)
@@ -67,7 +68,7 @@ def test_shipped_model_segments_a_held_out_frame_set(
 
 
 @pytest.mark.parametrize("path", [UNPRUNED, PRUNED], ids=["enet", "enet-pruned"])
-def test_the_shipped_onnx_graph_agrees_with_torch(path: Path, held_out: tuple[ArraySource, BevProjector]) -> None:
+def test_the_shipped_onnx_graph_agrees_with_torch(path: Path, held_out: tuple[FrameSource, BevProjector]) -> None:
     onnx = path.with_suffix(".onnx")
     if not onnx.is_file():
         pytest.skip(f"{onnx.name} not shipped")
@@ -80,7 +81,7 @@ def test_the_shipped_onnx_graph_agrees_with_torch(path: Path, held_out: tuple[Ar
     assert np.mean(by_ort == by_torch) > 0.999  # float rounding may flip a few near-tied pixels
 
 
-def test_the_shipped_int8_graph_is_current_and_segments_like_the_float_graph(held_out: tuple[ArraySource, BevProjector]) -> None:
+def test_the_shipped_int8_graph_is_current_and_segments_like_the_float_graph(held_out: tuple[FrameSource, BevProjector]) -> None:
     if not INT8.is_file():
         pytest.skip(f"{INT8.name} not shipped")
     float_graph = PRUNED.with_suffix(".onnx")
@@ -90,6 +91,6 @@ def test_the_shipped_int8_graph_is_current_and_segments_like_the_float_graph(hel
     source, projector = held_out
     images = source[0].images
     agree = OnnxSegmenter(float_graph).segment(images).labels == int8.segment(images).labels
-    assert agree.mean() > 0.99  # measured 0.996 on data set 100000 (the model card)
+    assert agree.mean() > 0.98  # measured 0.987 on this frame set, 0.991 on data set 100000 (the model card)
     report = evaluate(int8, source, projector=projector).report()
-    assert report["image"]["miou"] > 0.42 and report["bev_vs_oracle"]["miou"] > 0.36, json.dumps(report["image"])
+    assert report["image"]["miou"] > 0.43 and report["bev_vs_oracle"]["miou"] > 0.37, json.dumps(report["image"])
