@@ -178,10 +178,23 @@ _STAGE23: tuple[tuple[str, BlockKind, int], ...] = (
 
 
 class ENet(nn.Module):
-    """Images (N, in_channels, H, W) in [0, 1], H and W multiples of 8, to logits (N, num_classes, H, W)."""
+    """Images (N, in_channels, H, W) in [0, 1], H and W multiples of 8, to logits (N, num_classes, H, W).
+
+    With ``folded`` > 0 the classifier has that many more channels, classes learnt in training only (the
+    vehicle's own body: ``bev train --body separate``); ``forward`` folds them into background (channel 0)
+    by a maximum, so the argmax over its ``num_classes`` outputs is the argmax over all of the classifier's
+    channels with those classes called background. ``head_logits`` gives every channel, for the loss.
+    """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, channels: Mapping[str, int | list[int]], dropout: float, act: Activation
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        channels: Mapping[str, int | list[int]],
+        dropout: float,
+        act: Activation,
+        folded: int = 0,
     ) -> None:
         super().__init__()
         c = dict(channels)
@@ -201,6 +214,7 @@ class ENet(nn.Module):
             return Bottleneck(width, inner(name), kind=kind, dilation=dilation, dropout=p, act=act)
 
         self.num_classes = num_classes
+        self.folded = folded
         self.in_channels = in_channels
         self.initial = InitialBlock(in_channels, count("initial"), act)
         early_p = dropout / 10  # the paper's 0.01 in stage 1 against 0.1 later
@@ -217,7 +231,7 @@ class ENet(nn.Module):
         self.stage4 = nn.Sequential(*(regular(f"stage4.{i}", trunk1, 0.0) for i in (1, 2)))
         self.up5 = UpBottleneck(trunk1, trunk0, inner("stage5.0"), act=act)
         self.stage5 = nn.Sequential(regular("stage5.1", trunk0, 0.0))
-        self.head = nn.ConvTranspose2d(trunk0, num_classes, 2, stride=2)
+        self.head = nn.ConvTranspose2d(trunk0, num_classes + folded, 2, stride=2)
 
     def channel_spec(self) -> dict[str, int | list[int]]:
         """The channel table that rebuilds this (possibly pruned) network through ``enet(channels=...)``."""
@@ -238,12 +252,24 @@ class ENet(nn.Module):
         return spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fold_into_background(self.head_logits(x), self.num_classes)
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits (N, num_classes + folded, H, W), before the training-only classes fold."""
         x0 = self.initial(x)  # (N, trunk0, H/2, W/2)
         x1 = self.stage1(x0)  # (N, trunk1, H/4, W/4)
         x = self.stage3(self.stage2(x1))  # (N, trunk2, H/8, W/8)
         x = self.stage4(self.up4(x) + x1)  # (N, trunk1, H/4, W/4)
         x = self.stage5(self.up5(x) + x0)  # (N, trunk0, H/2, W/2)
-        return self.head(x)  # (N, num_classes, H, W)
+        return self.head(x)
+
+
+def fold_into_background(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``logits`` (N, C, H, W) with channels ``num_classes`` and beyond folded into channel 0 by a maximum."""
+    if logits.shape[1] == num_classes:
+        return logits
+    background = torch.maximum(logits[:, :1], logits[:, num_classes:].amax(dim=1, keepdim=True))
+    return torch.cat([background, logits[:, 1:num_classes]], dim=1)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -289,14 +315,18 @@ def enet(
     dropout: float = 0.1,
     activation: Activation = "relu",
     channels: Mapping[str, int | list[int]] | None = None,
+    folded: int = 0,
 ) -> ENet:
     """Builds an ENet.
 
     ``width`` scales every channel count (rounded to multiples of 8); ``channels`` replaces the
-    whole table (as ``ENet.channel_spec()`` returns it, for pruned networks).
+    whole table (as ``ENet.channel_spec()`` returns it, for pruned networks); ``folded``: classifier
+    channels of training-only classes that fold into background (``ENet``).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if folded < 0:
+        raise ValueError(f"folded must be at least 0, got {folded}")
     if activation not in ("relu", "prelu"):
         raise ValueError(f"activation must be 'relu' or 'prelu', got {activation!r}")
     if not 0.0 <= dropout < 1.0:
@@ -305,7 +335,7 @@ def enet(
     if channels is not None:
         _check_channels(channels, table)
         table = dict(channels)
-    return ENet(num_classes=num_classes, in_channels=in_channels, channels=table, dropout=dropout, act=activation)
+    return ENet(num_classes=num_classes, in_channels=in_channels, channels=table, dropout=dropout, act=activation, folded=folded)
 
 
 def network_input(images: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,18 @@ class ModelConfig:
     input_size_hw: tuple[int, int] = DEFAULT_INPUT_SIZE_HW
     class_names: tuple[str, ...] = CLASS_NAMES
     arch: str = "enet"
+    # Training-only classes after ``class_names`` (the vehicle's own body): classifier channels folded into
+    # background in the network's output (``ENet``), so no backend or client ever sees them.
+    folded_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.arch != "enet":
             raise ValueError(f"unknown architecture {self.arch!r} (this version builds 'enet')")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.num_classes} classes but {len(self.class_names)} class names")
+        clash = sorted(set(self.folded_classes) & set(self.class_names))
+        if clash or len(set(self.folded_classes)) != len(self.folded_classes):
+            raise ValueError(f"folded classes {list(self.folded_classes)} must be distinct and not output classes")
         h, w = self.input_size_hw
         if h <= 0 or w <= 0 or h % 8 or w % 8:
             raise ValueError(f"input_size_hw must be positive multiples of 8 (height, width), got {self.input_size_hw}")
@@ -49,7 +55,13 @@ class ModelConfig:
             dropout=self.dropout,
             activation=self.activation,  # type: ignore[arg-type]
             channels=self.channels,
+            folded=len(self.folded_classes),
         )
+
+    @property
+    def head_classes(self) -> int:
+        """Channels of the classifier, what the loss is over: the output classes and the folded ones."""
+        return self.num_classes + len(self.folded_classes)
 
     def with_channels(self, model: ENet) -> ModelConfig:
         """This config with the channel table read back from ``model`` (after pruning)."""
@@ -59,6 +71,7 @@ class ModelConfig:
         out = asdict(self)
         out["input_size_hw"] = list(self.input_size_hw)
         out["class_names"] = list(self.class_names)
+        out["folded_classes"] = list(self.folded_classes)
         return out
 
     @classmethod
@@ -70,8 +83,9 @@ class ModelConfig:
         values = dict(data)
         if "input_size_hw" in values:
             values["input_size_hw"] = tuple(int(v) for v in values["input_size_hw"])
-        if "class_names" in values:
-            values["class_names"] = tuple(values["class_names"])
+        for key in ("class_names", "folded_classes"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 

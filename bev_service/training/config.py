@@ -22,8 +22,10 @@ from bev_service.shipped import DEFAULT_RIG
 
 PRECISIONS = ("bf16", "fp32")
 AUGMENTS = ("legacy", "full", "style")  # AugmentConfig.preset
-# What the loss makes of the vehicle's own body: learnt as background, left out, or learnt as a vehicle (it is one).
-BODY_LABELS = ("background", "ignore", "vehicle")
+# What the loss makes of the vehicle's own body: learnt as background, left out, learnt as a vehicle (it is one),
+# or learnt as a class of its own (OWN_BODY) that the network's output folds into background.
+BODY_LABELS = ("background", "ignore", "vehicle", "separate")
+OWN_BODY = "own_body"
 # Settings a resumed training run may change without changing what it learns.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -103,6 +105,11 @@ class RunConfig:
         return tuple(name.strip() for name in self.focus_classes.split(",") if name.strip())
 
     @property
+    def folded_classes(self) -> tuple[str, ...]:
+        """The network's training-only classes (``ModelConfig.folded_classes``) that ``body`` asks for."""
+        return (OWN_BODY,) if self.body == "separate" else ()
+
+    @property
     def crop_size_hw(self) -> tuple[int, int] | None:
         return (self.crop_height, self.crop_width) if self.crop_height and self.crop_width else None
 
@@ -141,7 +148,7 @@ class TrainConfig(RunConfig):
         return self.input_height, self.input_width
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(width=self.width, input_size_hw=self.input_size_hw)
+        return ModelConfig(width=self.width, input_size_hw=self.input_size_hw, folded_classes=self.folded_classes)
 
 
 @dataclass

@@ -126,8 +126,10 @@ def correct_prior(
     ``size_hw``: the network's input size, for frame sets of other sizes (``validation_logits``)."""
     if model.head.bias is None:
         raise ValueError("the classifier has no bias to fold the prior correction into")
-    if weights.shape != (model.num_classes,) or not bool((weights > 0).all()):
-        raise ValueError(f"expected {model.num_classes} positive class weights, got {tuple(weights.tolist())}")
+    channels = model.num_classes + model.folded
+    if weights.shape != (channels,) or not bool((weights > 0).all()):
+        raise ValueError(f"expected {channels} positive class weights, got {tuple(weights.tolist())}")
+    weights = weights[: model.num_classes]  # the folded classes are scored as background (``ENet``)
     logits, labels = validation_logits(model, source, size_hw)
     scores = alpha_scores(logits, labels, weights, alphas)
     best = max(scores, key=lambda a: (np.nan_to_num(scores[a], nan=-1.0), -a))
@@ -139,6 +141,8 @@ def correct_prior(
         total = total + offsets
         out["class_offsets"] = [round(float(v), 4) for v in offsets]
         out["val_miou"] = round(float(miou), 4)
+    # A folded class moves with background, into which it folds: their contest is left as trained.
+    total = torch.cat([total, total[:1].expand(model.folded)])
     model.head.bias += total.to(model.head.bias)
     log.info("prior correction: %s", out)
     return out

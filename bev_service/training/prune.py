@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 from tqdm import tqdm
 
+from bev_service.errors import ModelError
 from bev_service.runtime.enet import ENet, on_device
 from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.torch_backend import TorchSegmenter
@@ -116,11 +117,16 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
     if loaded.info.get("pruned_from"):
         log.warning("%s is already pruned; pruning it further", config.model)
     model, model_config = loaded.model, loaded.config
+    if model_config.folded_classes != config.folded_classes:  # the fine-tuning must teach the classifier's every channel
+        raise ModelError(
+            f"{config.model} has training-only classes {list(model_config.folded_classes)}, but --body {config.body} "
+            f"teaches {list(config.folded_classes)}: prune with the --body it was trained with"
+        )
     train_source = body_rule(config, train_source)
     val_source = None if val_source is None else body_rule(config, val_source)
     before = measure(model, model_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
     finetune = config.finetune_config()
-    weights = class_weights(train_source, model_config.num_classes, c=finetune.class_weight_c)
+    weights = class_weights(train_source, model_config.head_classes, c=finetune.class_weight_c)
     ids = focus_ids(finetune, model_config.class_names)
 
     steps_run: list[int] = []

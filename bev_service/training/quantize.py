@@ -240,15 +240,30 @@ def _input_chain(
     return transpose, cast, div, quant
 
 
+FOLD_OPS = frozenset({"Slice", "ReduceMax", "Max", "Concat"})  # ENet folding training-only classes into background
+
+
 def _classifier_nodes(model: Any) -> list[str]:
-    """Names of the class head (the convolution whose output an ArgMax reads) and of that ArgMax, for a float
-    classifier: in QDQ form the quantizer would otherwise also round the logits to 8 bits for the ArgMax."""
+    """Names of the class head (the convolution whose output an ArgMax reads, directly or through the folding
+    of training-only classes: ``FOLD_OPS``), of the folding's nodes and of that ArgMax, for a float classifier:
+    in QDQ form the quantizer would otherwise also round the logits to 8 bits for the ArgMax."""
     producers = {out: node for node in model.graph.node for out in node.output}
     names = []
     for node in model.graph.node:
-        head = producers.get(node.input[0]) if node.op_type == "ArgMax" else None
-        if head is not None and head.op_type in ("Conv", "ConvTranspose"):
-            names += [head.name, node.name]
+        if node.op_type != "ArgMax":
+            continue
+        heads, fold, todo = set(), [], [node.input[0]]
+        while todo:
+            producer = producers.get(todo.pop())
+            if producer is None:
+                continue
+            if producer.op_type in ("Conv", "ConvTranspose"):
+                heads.add(producer.name)
+            elif producer.op_type in FOLD_OPS and producer.name not in fold:
+                fold.append(producer.name)
+                todo += list(producer.input)
+        if len(heads) == 1:
+            names += [*heads, *fold, node.name]
     return names
 
 

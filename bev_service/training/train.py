@@ -119,6 +119,8 @@ def body_rule(config: RunConfig, source: FrameSource) -> FrameSource:
     """``source`` as ``config.body`` has the loss and the validation see the vehicle's body."""
     if config.body == "background":  # as rendered
         return source
+    if config.body == "separate":  # the first folded class, the channel after the output classes
+        return BodyLabelled(source, len(CLASS_IDS))
     return BodyLabelled(source, IGNORE if config.body == "ignore" else CLASS_IDS[config.body])
 
 
@@ -178,7 +180,7 @@ class Trainer:
         torch.manual_seed(int(rng.integers(1 << 62)))  # dropout masks, so that a resumed run repeats them
         self.model.train()
         with self._autocast():
-            logits = self.model(x).float()  # (B, C, H, W)
+            logits = self.model.head_logits(x).float()  # (B, C, H, W), the training-only classes too
         loss = F.cross_entropy(logits, y, weight=self.weights, ignore_index=IGNORE)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,7 +266,7 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
     train_source, val_source = body_rule(config, train_source), body_rule(config, val_source)
     start, payload = _start_state(config)
     weights = (
-        payload["class_weights"] if payload else class_weights(train_source, model_config.num_classes, c=config.class_weight_c)
+        payload["class_weights"] if payload else class_weights(train_source, model_config.head_classes, c=config.class_weight_c)
     )
     model = model_config.build()
     sampler = BatchSampler(
@@ -281,7 +283,10 @@ def train(config: TrainConfig, train_source: FrameSource, val_source: FrameSourc
         trainer.optimizer.load_state_dict(payload["optimizer"])
         log.info("resuming %s at step %d of %d", out, start, config.steps)
     log.info(
-        "class weights: %s", ", ".join(f"{n}={w:.2f}" for n, w in zip(model_config.class_names, weights.tolist(), strict=True))
+        "class weights: %s",
+        ", ".join(
+            f"{n}={w:.2f}" for n, w in zip(model_config.class_names + model_config.folded_classes, weights.tolist(), strict=True)
+        ),
     )
     metrics = MetricsLog(out / "metrics.jsonl", start if payload else None)
     final = _loop(trainer, model_config, val_source, metrics, start) or validate(trainer.model, model_config, val_source)

@@ -97,3 +97,23 @@ def test_folding_batch_norms_keeps_the_function_and_leaves_the_model_alone() -> 
     batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert batch_norms == 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_folded_classes_are_called_background_in_the_output() -> None:
+    torch.manual_seed(0)
+    model = enet(num_classes=8, width=0.25, folded=1).eval()
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        every = model.head_logits(x)  # the folded channel's bias set so that it wins about half the pixels
+        model.head.bias[8] += (every[:, :8].amax(dim=1) - every[:, 8]).median() + 1e-3  # no exact ties
+        every, out = model.head_logits(x), model(x)
+    assert every.shape == (2, 9, 32, 48) and out.shape == (2, 8, 32, 48)
+    torch.testing.assert_close(out[:, 1:], every[:, 1:8])
+    torch.testing.assert_close(out[:, 0], torch.maximum(every[:, 0], every[:, 8]))
+    full = every.argmax(dim=1)
+    assert (full == 8).any() and (full != 8).any()
+    torch.testing.assert_close(out.argmax(dim=1), torch.where(full == 8, 0, full))
+    plain = enet(num_classes=8, width=0.25)
+    assert plain.head.out_channels == 8 and plain.folded == 0
+    with pytest.raises(ValueError, match="folded"):
+        enet(num_classes=8, folded=-1)

@@ -164,6 +164,9 @@ def test_the_body_can_be_left_out_of_the_loss() -> None:
     assert (learnt[:, 24:] == 0).all(), "by default the body is learnt as background"
     vehicle = BatchSampler(body_rule(TrainConfig(body="vehicle"), source), 2, None, seed=0).batch(0)[1]
     assert (vehicle[:, 24:] == CLASS_IDS["vehicle"]).all() and (vehicle[:, :24] == CLASSES[1].id).all()
+    separate = BatchSampler(body_rule(TrainConfig(body="separate"), source), 2, None, seed=0).batch(0)[1]
+    assert (separate[:, 24:] == len(CLASSES)).all(), "a class of its own: the channel after the output classes"
+    assert TrainConfig(body="separate").model_config().head_classes == len(CLASSES) + 1
     np.testing.assert_array_equal(source[0].labels, labels)  # the source keeps its labels
     assert class_weights(BodyLabelled(source), 8)[0] > class_weights(source, 8)[0], "the body counts as no background"
     with pytest.raises(ValueError, match="body"):
