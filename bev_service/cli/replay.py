@@ -2,6 +2,7 @@
 
 bev replay drive.mcap --out build/replay                          # build/replay/drive.mcap: foxglove.Grid, OccupancyGrid
 bev replay a.mcap bag_folder --out build/replay --format parquet  # one table per drive
+bev replay drive.mcap --out build/replay --start 12.5 --end 40    # 12.5 s to 40 s into the drive only
 bev replay drive.mcap --out build/replay --format png --topics front=/cam/front/compressed,rear=/cam/rear/compressed
 """
 
@@ -18,7 +19,7 @@ from bev_service.calib.rigfile import load_rig
 from bev_service.cli.replay_ray import add_ray_arguments, check_ray_args, run_on_ray
 from bev_service.errors import BevError
 from bev_service.recordings.outputs import FORMATS
-from bev_service.recordings.replay import RecordingSummary, ReplayOptions, replay_recordings
+from bev_service.recordings.replay import RecordingSummary, ReplayOptions, describe_window, replay_recordings
 from bev_service.recordings.sources import Recording
 from bev_service.recordings.sync import DEFAULT_TOLERANCE_MS
 from bev_service.recordings.topics import parse_topic_map
@@ -63,6 +64,18 @@ def register(commands: Any) -> None:
         default=DEFAULT_TOLERANCE_MS,
         help=f"largest capture-time spread in a frame set (default {DEFAULT_TOLERANCE_MS:g} ms)",
     )
+    p.add_argument(
+        "--start",
+        type=float,
+        metavar="SECONDS",
+        help="replay from this time on, in seconds since the recording's first message (default: its start)",
+    )
+    p.add_argument(
+        "--end",
+        type=float,
+        metavar="SECONDS",
+        help="replay up to this time (not included), in seconds since the recording's first message (default: its end)",
+    )
     p.add_argument("--batch", type=int, default=4, help="frame sets per network call (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_ray_arguments(p)
@@ -78,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise ReplayArgumentError(f"--tolerance-ms must be between 0 and 1000, got {args.tolerance_ms}")
     if not 1 <= args.batch <= MAX_BATCH:
         raise ReplayArgumentError(f"--batch must be between 1 and {MAX_BATCH}, got {args.batch}")
+    if args.start is not None and not args.start >= 0:
+        raise ReplayArgumentError(f"--start must be 0 s or later, got {args.start:g}")
+    if args.end is not None and not args.end > (args.start or 0.0):
+        raise ReplayArgumentError(f"--end must come after --start ({args.start or 0.0:g} s), got {args.end:g}")
     check_ray_args(args)
     topic_map = parse_topic_map(args.topics)
     rig = load_rig(args.rig or DEFAULT_RIG)
@@ -88,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         topic_map=topic_map,
         tolerance_ms=args.tolerance_ms,
         batch_size=args.batch,
+        window=(args.start, args.end),
     )
     if args.engine == "ray":
         return report(run_on_ray(args, rig, model, options), args)
@@ -108,19 +126,20 @@ def run(args: argparse.Namespace) -> int:
 
 def report(summaries: list[RecordingSummary], args: argparse.Namespace) -> int:
     for summary in summaries:
-        print(summary_line(summary, args.out, args.format))
+        print(summary_line(summary, args.out, args.format, describe_window((args.start, args.end))))
     if len(summaries) > 1:
         print(total_line(summaries))
     return 1 if any(s.error for s in summaries) else 0
 
 
-def summary_line(summary: RecordingSummary, out: Path, fmt: str) -> str:
-    """One recording's outcome: frame sets written, already there, skipped with their reasons; or its error."""
+def summary_line(summary: RecordingSummary, out: Path, fmt: str, window: str = "all") -> str:
+    """One recording's outcome: frame sets written, already there, skipped with their reasons; or its error.
+    ``window``: the part of the recording replayed, as ``describe_window`` gives it."""
     if summary.error:
         return f"{summary.path}: FAILED: {summary.error}"
     if summary.already_written < 0:
         return f"{summary.path}: already written in {out}, skipped"
-    text = f"{summary.path}: {summary.written} frame sets written ({fmt})"
+    text = f"{summary.path}: {summary.written} frame sets written ({fmt}{'' if window == 'all' else f', {window}'})"
     if summary.already_written:
         text += f", {summary.already_written} already written"
     text += f", {len(summary.skipped)} skipped"

@@ -3,6 +3,7 @@
 
     recording = open_recording("drive.mcap", rig.camera_names)          # topics found by camera name
     for t0_ns, t1_ns in time_windows(recording, 60.0):                  # shards of about a minute
+    bounds = window_ns(recording, (12.5, 40.0))                         # 12.5 s to 40 s into it, in log time
         shard = replay_shard(recording, t0_ns, t1_ns, pipeline)         # the frame sets of [t0, t1)
 
 Depends on the runtime, the geometry and the class table; nothing below the command line depends on it.
@@ -16,6 +17,7 @@ from bev_service.recordings.replay import (
     replay_recordings,
     replay_shard,
     time_windows,
+    window_ns,
 )
 from bev_service.recordings.sources import CameraMessage, Recording, iter_camera_messages, open_recording
 from bev_service.recordings.sync import FrameSet, FrameSetGrouper, SkippedFrameSet, group_frame_sets
@@ -39,4 +41,5 @@ __all__ = [
     "replay_recordings",
     "replay_shard",
     "time_windows",
+    "window_ns",
 ]

@@ -44,9 +44,19 @@ class Provenance:
     source_mtime_ns: int = 0  # (of a rosbag2 folder: its newest file's)
     tolerance_ms: float = 0.0
     topics: dict[str, str] = field(default_factory=dict)  # camera -> topic, in rig order
+    window: str = "all"  # the part of the recording replayed (``bev replay --start/--end``), or all of it
 
     @classmethod
-    def of(cls, source: Path, *, model_sha256: str, rig_fingerprint: str, tolerance_ms: float, topics: dict[str, str]) -> Self:
+    def of(
+        cls,
+        source: Path,
+        *,
+        model_sha256: str,
+        rig_fingerprint: str,
+        tolerance_ms: float,
+        topics: dict[str, str],
+        window: str = "all",
+    ) -> Self:
         files = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
         stats = [f.stat() for f in files]
         return cls(
@@ -57,6 +67,7 @@ class Provenance:
             source_mtime_ns=max((s.st_mtime_ns for s in stats), default=0),
             tolerance_ms=float(tolerance_ms),
             topics=dict(topics),
+            window=window,
         )
 
     def as_dict(self) -> dict[str, str]:
@@ -80,9 +91,14 @@ class Output:
     def abort(self) -> None: ...
 
 
+# Provenance keys that outputs of earlier versions lack, with the value their absence meant.
+UNRECORDED = {"window": "all"}
+
+
 def _check(path: Path, found: dict[str, str], provenance: Provenance) -> None:
     wanted = provenance.as_dict()
-    differ = [f"{k} {found.get(k) or 'unknown'} (now {v})" for k, v in wanted.items() if found.get(k) != v]
+    recorded = {k: found.get(k, UNRECORDED.get(k)) for k in wanted}
+    differ = [f"{k} {recorded[k] or 'unknown'} (now {v})" for k, v in wanted.items() if recorded[k] != v]
     if differ:
         raise RecordingError(f"{path} exists from another run: {', '.join(differ)}; remove it or write to another --out")
 

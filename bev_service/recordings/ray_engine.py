@@ -26,7 +26,7 @@ import numpy as np
 
 from bev_service.errors import BevError, RecordingError
 from bev_service.geometry.rig import Rig
-from bev_service.recordings.outputs import Output, PngOutput, Provenance, output_for
+from bev_service.recordings.outputs import Output, PngOutput
 from bev_service.recordings.replay import RecordingSummary, ReplayOptions
 from bev_service.recordings.sources import Recording, open_recording
 from bev_service.recordings.sync import SkippedFrameSet
@@ -243,7 +243,7 @@ def _plan(
     on_open: Callable[[Recording], None] | None,
 ) -> tuple[list[RecordingSummary], list[_Planned]]:
     """Each recording's summary, and those with work left: opened (index only), windowed, their output checked."""
-    from bev_service.recordings.replay import time_windows
+    from bev_service.recordings.replay import open_output, time_windows, window_ns
 
     names = [Path(p).stem if Path(p).is_file() else Path(p).name for p in paths]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -258,14 +258,8 @@ def _plan(
             recording = open_recording(summary.path, rig.camera_names, options.topic_map)
             if on_open is not None:
                 on_open(recording)
-            provenance = Provenance.of(
-                recording.path,
-                model_sha256=options.model_sha256,
-                rig_fingerprint=rig.fingerprint,
-                tolerance_ms=options.tolerance_ms,
-                topics=recording.topics,
-            )
-            output = output_for(options.fmt, out, recording.name, rig, provenance, recording.path)
+            bounds = window_ns(recording, options.window)
+            output = open_output(recording, out, rig, options)
         except BevError as exc:  # as in the local engine: this recording's outcome, not the run's
             summary.error = str(exc)
             log.error("%s: %s", summary.path, exc)
@@ -276,7 +270,7 @@ def _plan(
             continue
         # Actors on other nodes open the recording by its absolute path (shared storage).
         recording = replace(recording, path=recording.path.resolve())
-        windows = time_windows(recording, ray_options.shard_seconds)
+        windows = time_windows(recording, ray_options.shard_seconds, bounds)
         planned.append(_Planned(summary, recording, output, windows, sorted(_written_pngs(output))))
     return summaries, planned
 

@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bev_service.errors import BevError, FrameError, RecordingError
-from bev_service.recordings.outputs import OutputFormat, Provenance, output_for
+from bev_service.geometry.rig import Rig
+from bev_service.recordings.outputs import Output, OutputFormat, Provenance, output_for
 from bev_service.recordings.sources import Recording, iter_camera_messages, open_recording
 from bev_service.recordings.sync import DEFAULT_HORIZON_NS, DEFAULT_TOLERANCE_MS, FrameSet, FrameSetGrouper, SkippedFrameSet
 from bev_service.runtime.pipeline import BevPipeline, Decoded
@@ -101,17 +102,51 @@ def _grouped(
         log.info("%s: %d images of faster cameras fell between frame sets, passed over", recording.path, grouper.extra)
 
 
-def time_windows(recording: Recording, seconds: float) -> list[tuple[int | None, int | None]]:
-    """[t0_ns, t1_ns) log-time windows of about ``seconds`` over the recording's span, for ``replay_shard``: the first
-    opens at None and the last closes at None, so that every frame set falls in exactly one window (even where the
-    index gives no span)."""
+Window = tuple[float | None, float | None]  # [start, end) in seconds since a recording's first message; None: open
+WHOLE: Window = (None, None)
+
+
+def window_ns(recording: Recording, window: Window) -> tuple[int | None, int | None]:
+    """The log-time bounds [t0_ns, t1_ns) of ``window`` in ``recording`` (None: open). RecordingError when the
+    recording's index gives no start to count from, or the window starts past the recording's end."""
+    start_s, end_s = window
+    if window == WHOLE:
+        return None, None
+    if recording.start_ns == recording.end_ns == 0:
+        raise RecordingError(f"{recording.path}: its index gives no start time to place --start/--end from")
+    length_s = (recording.end_ns - recording.start_ns) / 1e9
+    if start_s is not None and start_s > length_s:
+        raise RecordingError(f"{recording.path}: --start {start_s:g} s is past the recording's end ({length_s:.3f} s)")
+    t0 = None if start_s is None else recording.start_ns + round(start_s * 1e9)
+    t1 = None if end_s is None else recording.start_ns + round(end_s * 1e9)
+    return t0, t1
+
+
+def describe_window(window: Window) -> str:
+    """How outputs record ``window``: "all", or its bounds in seconds ("12.5 s to 40 s", "start to 40 s")."""
+    start_s, end_s = window
+    if window == WHOLE:
+        return "all"
+    return f"{'start' if start_s is None else f'{start_s:g} s'} to {'end' if end_s is None else f'{end_s:g} s'}"
+
+
+def time_windows(
+    recording: Recording, seconds: float, bounds: tuple[int | None, int | None] = (None, None)
+) -> list[tuple[int | None, int | None]]:
+    """[t0_ns, t1_ns) log-time windows of about ``seconds`` over the recording's span within ``bounds`` (as
+    ``window_ns`` gives them), for ``replay_shard``: the first opens at ``bounds[0]`` and the last closes at
+    ``bounds[1]``, so that every frame set in the bounds falls in exactly one window (None: open, so that one
+    holds even where the index gives no span)."""
     if not seconds > 0:
         raise ValueError(f"a window lasts a positive number of seconds, got {seconds}")
-    span_ns = max(0, recording.end_ns - recording.start_ns)
-    window_ns = max(1, round(seconds * 1e9))
-    count = max(1, -(-span_ns // window_ns))  # ceiling division in integers: times near 1e18 ns lose digits as floats
-    cuts = [recording.start_ns + i * span_ns // count for i in range(1, count)]
-    return list(zip([None, *cuts], [*cuts, None], strict=True))
+    t0, t1 = bounds
+    lo = recording.start_ns if t0 is None else t0
+    hi = recording.end_ns if t1 is None else min(t1, recording.end_ns)
+    span_ns = max(0, hi - lo)
+    width_ns = max(1, round(seconds * 1e9))
+    count = max(1, -(-span_ns // width_ns))  # ceiling division in integers: times near 1e18 ns lose digits as floats
+    cuts = [lo + i * span_ns // count for i in range(1, count)]
+    return list(zip([t0, *cuts], [*cuts, t1], strict=True))
 
 
 def _replayed(items: list[FrameSet | SkippedFrameSet], pipeline: BevPipeline) -> Iterator[ReplayedFrameSet | SkippedFrameSet]:
@@ -179,6 +214,20 @@ class ReplayOptions:
     topic_map: dict[str, str] | None = None  # camera -> topic where not found by name
     tolerance_ms: float = DEFAULT_TOLERANCE_MS
     batch_size: int = 1  # frame sets per network call
+    window: Window = WHOLE  # the part of each recording to replay
+
+
+def open_output(recording: Recording, out: Path, rig: Rig, options: ReplayOptions) -> Output:
+    """``recording``'s output in ``out``, labelled with how it is made (``Provenance``)."""
+    provenance = Provenance.of(
+        recording.path,
+        model_sha256=options.model_sha256,
+        rig_fingerprint=rig.fingerprint,
+        tolerance_ms=options.tolerance_ms,
+        topics=recording.topics,
+        window=describe_window(options.window),
+    )
+    return output_for(options.fmt, out, recording.name, rig, provenance, recording.path)
 
 
 def replay_recordings(
@@ -221,14 +270,8 @@ def _replay_one(
     options: ReplayOptions,
     progress: Callable[[int], None] | None,
 ) -> None:
-    provenance = Provenance.of(
-        recording.path,
-        model_sha256=options.model_sha256,
-        rig_fingerprint=pipeline.rig.fingerprint,
-        tolerance_ms=options.tolerance_ms,
-        topics=recording.topics,
-    )
-    output = output_for(options.fmt, out, recording.name, pipeline.rig, provenance, recording.path)
+    t0, t1 = window_ns(recording, options.window)
+    output = open_output(recording, out, pipeline.rig, options)
     if output.complete:
         summary.already_written = -1
         log.info("%s: already written, skipped", recording.name)
@@ -242,9 +285,7 @@ def _replay_one(
                 progress(1)
         return written
 
-    items = iter_shard(
-        recording, None, None, pipeline, tolerance_ms=options.tolerance_ms, batch_size=options.batch_size, done=done
-    )
+    items = iter_shard(recording, t0, t1, pipeline, tolerance_ms=options.tolerance_ms, batch_size=options.batch_size, done=done)
     try:
         for item in items:
             if isinstance(item, SkippedFrameSet):

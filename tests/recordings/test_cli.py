@@ -112,6 +112,7 @@ def test_outputs_of_another_model_are_neither_skipped_nor_added_to(
         "source_mtime_ns": str(stat.st_mtime_ns),
         "tolerance_ms": "20.0",
         "topics": json.dumps({c: f"/cam/{c}/compressed" for c in CAMERAS}),
+        "window": "all",
     }
 
 
@@ -130,6 +131,28 @@ def test_outputs_of_other_settings_or_another_recording_of_the_name_are_reported
         out = capsys.readouterr().out
         assert "exists from another run: " in out and differs in out, out
     assert len(mcap_grids(outputs / "drive.mcap")) == FRAMES
+
+
+def test_a_time_window_replays_its_part_and_its_output_is_not_taken_for_another(
+    outputs: Path, drive: Drive, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    window = ["--start", "0.05", "--end", "0.15"]  # frame set 1 of the 10-per-second drive
+    capsys.readouterr()
+    assert replay([drive.mcap], tmp_path, tiny_weights, "--format", "parquet", *window) == 0
+    assert f"{drive.mcap}: 1 frame sets written (parquet, 0.05 s to 0.15 s), 0 skipped" in capsys.readouterr().out
+    part, whole = pq.read_table(tmp_path / "drive.parquet"), pq.read_table(outputs / "drive.parquet")
+    assert part.column("time_ns").to_pylist() == [drive.stamp_ns(1)]
+    grids = [t.column("grid").combine_chunks().to_numpy_ndarray() for t in (part, whole)]
+    np.testing.assert_array_equal(grids[0][0], grids[1][1])
+    assert pq.read_schema(tmp_path / "drive.parquet").metadata[b"bev.window"] == b"0.05 s to 0.15 s"
+    assert replay([drive.mcap], tmp_path, tiny_weights, "--format", "parquet", *window) == 0  # done: skipped
+    assert "already written" in capsys.readouterr().out
+    for other, now in (([], "all"), (["--start", "0.1"], "0.1 s to end")):
+        assert replay([drive.mcap], tmp_path, tiny_weights, "--format", "parquet", *other) == 1
+        assert f"exists from another run: window 0.05 s to 0.15 s (now {now})" in capsys.readouterr().out
+    assert replay([drive.mcap], tmp_path / "late", tiny_weights, "--start", "5") == 1
+    assert "FAILED: " in (out := capsys.readouterr().out) and "--start 5 s is past the recording's end" in out, out
+    assert not (tmp_path / "late" / "drive.mcap").exists()
 
 
 def test_a_recording_with_every_frame_set_skipped_still_completes(
@@ -189,6 +212,8 @@ def test_bad_options_exit_2_with_a_message(drive: Drive, tmp_path: Path, capsys:
         (["replay", str(drive.mcap), "--out", str(tmp_path), "--topics", "front"], "expected CAMERA=TOPIC"),
         (["replay", str(drive.mcap), "--out", str(tmp_path), "--tolerance-ms", "-1"], "--tolerance-ms must be"),
         (["replay", str(drive.mcap), "--out", str(tmp_path), "--batch", "0"], "--batch must be between 1 and 64"),
+        (["replay", str(drive.mcap), "--out", str(tmp_path), "--start", "-1"], "--start must be 0 s or later"),
+        (["replay", str(drive.mcap), "--out", str(tmp_path), "--start", "2", "--end", "1"], "--end must come after"),
         (["synth", "--mcap", str(tmp_path / "x.mcap"), "--count", "1"], "--mcap and --mcap-encoding only apply with --drive"),
         (["synth", "--drive", "--frames", "1", "--mcap", str(tmp_path / "x.bag")], "--mcap must name a .mcap file"),
     ]

@@ -189,6 +189,29 @@ def test_pngs_equal_the_local_engines_the_shards_that_did_not_fail_are_written_a
     assert pngs[3].read_bytes() == (local / "long" / pngs[3].name).read_bytes()
 
 
+def test_a_time_window_is_sharded_within_its_bounds_into_the_local_engines_grids(
+    connected: Any, long_drive: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    local, on_cluster = tmp_path / "local", tmp_path / "ray"
+    assert replay([long_drive], local, tiny_weights, "--format", "parquet", "--start", "3", "--end", "11") == 0
+    options = ReplayOptions(fmt="parquet", model_sha256=file_sha256(tiny_weights), window=(3.0, 11.0))
+    spec = PipelineSpec(model=tiny_weights, rig=load_rig(DEFAULT_RIG))
+    ray_options = RayOptions(address=connected.address, workers=2, shard_seconds=float(SHARD_SECONDS))
+    run = RayRun()
+    [summary] = replay_recordings_on_ray([long_drive], on_cluster, spec, options, ray_options, run=run)
+    assert summary.error is None and summary.written == 4 and run.shards == 2  # 4 s to 10 s, in two shards of 4 s
+    ours, theirs = pq.read_table(on_cluster / "long.parquet"), pq.read_table(local / "long.parquet")
+    assert (
+        ours.column("time_ns").to_pylist()
+        == theirs.column("time_ns").to_pylist()
+        == [EPOCH_NS + k * 2_000_000_000 for k in (2, 3, 4, 5)]
+    )
+    assert ours.column("grid").combine_chunks().to_numpy_ndarray().tobytes() == (
+        theirs.column("grid").combine_chunks().to_numpy_ndarray().tobytes()
+    )
+    assert ours.schema.metadata == theirs.schema.metadata and ours.schema.metadata[b"bev.window"] == b"3 s to 11 s"
+
+
 def test_a_complete_output_of_either_engine_is_not_sharded(
     cluster: Any, long_drive: Path, tiny_weights: Path, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from bev_service.recordings import (
     replay_recordings,
     replay_shard,
     time_windows,
+    window_ns,
 )
 from bev_service.recordings.mcap_out import CameraRecordingWriter
 from bev_service.recordings.outputs import OutputFormat
@@ -76,6 +78,29 @@ def test_time_windows_cover_a_recording_once(drive: Drive, pipeline: BevPipeline
     assert time_windows(recording, 3600.0) == [(None, None)]
     with pytest.raises(ValueError, match="positive number of seconds"):
         time_windows(recording, 0.0)
+
+
+def test_a_time_window_counts_from_the_first_message_and_its_shards_cover_it_once(drive: Drive, pipeline: BevPipeline) -> None:
+    recording = open_recording(drive.mcap, CAMERAS)
+    t0, t1 = window_ns(recording, (0.05, 0.15))  # frame set 1 only: the drive runs at 10 frame sets a second
+    assert (t0, t1) == (recording.start_ns + 50_000_000, recording.start_ns + 150_000_000)
+    windows = time_windows(recording, 0.03, (t0, t1))
+    assert len(windows) == 4 and windows[0][0] == t0 and windows[-1][1] == t1
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    shards = [replay_shard(recording, a, b, pipeline) for a, b in windows]
+    assert [f.time_ns for s in shards for f in s.frame_sets] == [drive.stamp_ns(1)]
+    whole = replay_shard(recording, None, None, pipeline)
+    np.testing.assert_array_equal(next(f for s in shards for f in s.frame_sets).grid, whole.frame_sets[1].grid)
+    assert window_ns(recording, (None, None)) == (None, None)
+    assert window_ns(recording, (None, 0.15)) == (None, t1)
+    assert time_windows(recording, 3600.0, (None, t1)) == [(None, t1)]
+    t_late = recording.start_ns + 10 * 10**9  # an end past the recording's: the last window still closes there
+    late = time_windows(recording, 0.1, (t0, t_late))  # cut over [t0, the recording's end)
+    assert len(late) == 2 and late[-1][1] == t_late and t0 < late[-1][0] < recording.end_ns
+    with pytest.raises(RecordingError, match=r"--start 5 s is past the recording's end \(0.2"):
+        window_ns(recording, (5.0, None))
+    with pytest.raises(RecordingError, match="no start time"):
+        window_ns(replace(recording, start_ns=0, end_ns=0), (0.1, None))
 
 
 @pytest.mark.parametrize("stamp_offset_s", [1000.0, "boot"])
