@@ -24,6 +24,7 @@ JSON_MESSAGE_ENCODING = "json"
 PROTOBUF_ENCODING = "protobuf"
 
 COMPRESSED_IMAGE = "foxglove.CompressedImage"
+RAW_IMAGE = "foxglove.RawImage"
 GRID = "foxglove.Grid"
 FRAME_TRANSFORM = "foxglove.FrameTransform"
 CAMERA_CALIBRATION = "foxglove.CameraCalibration"
@@ -48,6 +49,15 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "frame_id": {"type": "string"},
         "data": _BYTES,
         "format": {"type": "string"},
+    },
+    RAW_IMAGE: {
+        "timestamp": _TIME,
+        "frame_id": {"type": "string"},
+        "width": {"type": "integer", "minimum": 0},
+        "height": {"type": "integer", "minimum": 0},
+        "encoding": {"type": "string"},
+        "step": {"type": "integer", "minimum": 0},
+        "data": _BYTES,
     },
     GRID: {
         "timestamp": _TIME,
@@ -111,6 +121,22 @@ def encode_json(message: dict[str, Any]) -> bytes:
 def compressed_image_json(time_ns: int, frame_id: str, data: bytes, image_format: str) -> bytes:
     return encode_json(
         {"timestamp": time_json(time_ns), "frame_id": frame_id, "data": base64.b64encode(data).decode(), "format": image_format}
+    )
+
+
+def raw_image_json(time_ns: int, frame_id: str, pixels: NDArray[np.uint8], encoding: str) -> bytes:
+    """``pixels`` (height, width[, channels]) uint8, rows unpadded, as a ``foxglove.RawImage`` of ``encoding``."""
+    height, width = pixels.shape[:2]
+    return encode_json(
+        {
+            "timestamp": time_json(time_ns),
+            "frame_id": frame_id,
+            "width": int(width),
+            "height": int(height),
+            "encoding": encoding,
+            "step": int(pixels[0].nbytes),
+            "data": base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode(),
+        }
     )
 
 

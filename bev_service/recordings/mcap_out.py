@@ -44,6 +44,10 @@ def image_topic(camera: str) -> str:
     return f"/cam/{camera}/compressed"
 
 
+def image_raw_topic(camera: str) -> str:
+    return f"/cam/{camera}/image_raw"
+
+
 class _McapFile:
     """An MCAP writer with its channels registered on first use, one schema per message type."""
 
@@ -88,7 +92,8 @@ class _McapFile:
 
 
 class CameraRecordingWriter(_McapFile):
-    """Camera images, one topic per camera (``image_topic``), as ROS 2 or Foxglove (JSON, protobuf) CompressedImage."""
+    """Camera images, one topic per camera (``image_topic``), as ROS 2 or Foxglove (JSON, protobuf) CompressedImage;
+    or uncompressed (``write_raw_image``, on ``image_raw_topic``) as ROS 2 Image or Foxglove RawImage (JSON)."""
 
     def __init__(self, output: str | Path | IO[bytes], *, encoding: ImageEncoding = "ros2") -> None:
         if encoding not in IMAGE_ENCODINGS:
@@ -122,6 +127,30 @@ class CameraRecordingWriter(_McapFile):
             schema, schema_encoding = foxglove.compressed_image_descriptor_set(), foxglove.PROTOBUF_ENCODING
         message_encoding = foxglove.JSON_MESSAGE_ENCODING if self.encoding == "json" else foxglove.PROTOBUF_ENCODING
         channel = self.channel(topic, foxglove.COMPRESSED_IMAGE, schema_encoding, schema, message_encoding)
+        self.writer.add_message(channel, log_time=log_time, data=payload, publish_time=log_time)
+
+    def write_raw_image(
+        self,
+        camera: str,
+        capture_time_ns: int,
+        pixels: NDArray[np.uint8],
+        encoding: str = "rgb8",
+        *,
+        log_time_ns: int | None = None,
+        topic: str | None = None,
+    ) -> None:
+        """An uncompressed image (``pixels`` as ``encoding`` lays them out) as ``sensor_msgs/msg/Image`` (ros2) or
+        ``foxglove.RawImage`` (json), on the camera's ``image_raw_topic``."""
+        if self.encoding == "protobuf":
+            raise ValueError("raw images are written as ros2 or json")
+        topic = topic or image_raw_topic(camera)
+        frame_id, log_time = camera_frame_id(camera), capture_time_ns if log_time_ns is None else log_time_ns
+        if self.encoding == "ros2":
+            self.ros_message(topic, ros.raw_image(capture_time_ns, frame_id, pixels, encoding), capture_time_ns, log_time)
+            return
+        payload = foxglove.raw_image_json(capture_time_ns, frame_id, pixels, encoding)
+        schema = foxglove.json_schema(foxglove.RAW_IMAGE)
+        channel = self.channel(topic, foxglove.RAW_IMAGE, foxglove.JSON_SCHEMA_ENCODING, schema, foxglove.JSON_MESSAGE_ENCODING)
         self.writer.add_message(channel, log_time=log_time, data=payload, publish_time=log_time)
 
 

@@ -1,6 +1,6 @@
 """ROS 2 messages through the ``rosbags`` type store (Humble definitions): CDR bytes and the ``ros2msg`` schema text
-MCAP stores beside them, for ``sensor_msgs/msg/CompressedImage``, ``nav_msgs/msg/OccupancyGrid`` and
-``sensor_msgs/msg/CameraInfo``."""
+MCAP stores beside them, for ``sensor_msgs/msg/CompressedImage``, ``sensor_msgs/msg/Image``,
+``nav_msgs/msg/OccupancyGrid`` and ``sensor_msgs/msg/CameraInfo``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ ROS2_SCHEMA_ENCODING = "ros2msg"
 CDR_ENCODING = "cdr"
 
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+RAW_IMAGE = "sensor_msgs/msg/Image"
 OCCUPANCY_GRID = "nav_msgs/msg/OccupancyGrid"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 
@@ -53,6 +54,20 @@ def serialize(message: Any) -> bytes:
 def compressed_image(time_ns: int, frame_id: str, data: bytes, image_format: str) -> Any:
     return _types()[COMPRESSED_IMAGE](
         header=_header(time_ns, frame_id), format=image_format, data=np.frombuffer(data, dtype=np.uint8)
+    )
+
+
+def raw_image(time_ns: int, frame_id: str, pixels: NDArray[np.uint8], encoding: str) -> Any:
+    """``pixels`` (height, width[, channels]) uint8, rows unpadded, as a ``sensor_msgs/msg/Image`` of ``encoding``."""
+    height, width = pixels.shape[:2]
+    return _types()[RAW_IMAGE](
+        header=_header(time_ns, frame_id),
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=0,
+        step=int(pixels[0].nbytes),
+        data=np.ascontiguousarray(pixels).reshape(-1),
     )
 
 

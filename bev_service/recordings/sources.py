@@ -1,5 +1,7 @@
 """Recorded drives in: one MCAP file, or one rosbag2 folder (sqlite3 or mcap storage), each camera's images on a topic
-as ``sensor_msgs/msg/CompressedImage`` (ROS 2, CDR) or ``foxglove.CompressedImage`` (protobuf or JSON; MCAP only).
+as ``sensor_msgs/msg/CompressedImage`` or ``sensor_msgs/msg/Image`` (ROS 2, CDR), or ``foxglove.CompressedImage`` or
+``foxglove.RawImage`` (protobuf or JSON; MCAP only). Uncompressed images are converted to RGB as they are read
+(``raw.py``: colour, grey, Bayer and YUV 4:2:2 encodings).
 
 ``open_recording`` looks at a recording's index (topics, message counts, time span) without reading its messages (an
 MCAP without one is read through once); ``iter_camera_messages`` then streams its cameras' images one message at a
@@ -18,16 +20,22 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, BinaryIO, Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 from bev_service.errors import RecordingError
 from bev_service.recordings import foxglove, ros
+from bev_service.recordings.raw import raw_to_rgb
 from bev_service.recordings.topics import match_topics
 
 log = logging.getLogger(__name__)
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
-IMAGE_SCHEMAS = frozenset({ros.COMPRESSED_IMAGE, foxglove.COMPRESSED_IMAGE})
+RAW_SCHEMAS = frozenset({ros.RAW_IMAGE, foxglove.RAW_IMAGE})
+IMAGE_SCHEMAS = frozenset({ros.COMPRESSED_IMAGE, foxglove.COMPRESSED_IMAGE}) | RAW_SCHEMAS
 Kind = Literal["mcap", "rosbag2"]
 
 
@@ -42,8 +50,8 @@ class CameraMessage:
     topic: str
     capture_time_ns: int
     log_time_ns: int
-    data: bytes = field(repr=False)
-    format: str
+    data: bytes | NDArray[np.uint8] = field(repr=False)  # the encoded image, or an uncompressed one as RGB (H, W, 3)
+    format: str  # the compressed image's format ("jpeg", "png"), or "raw <encoding>"
     error: str = ""
 
 
@@ -172,7 +180,7 @@ def _rosbag2_index(path: Path) -> tuple[dict[str, str], dict[str, int], int, int
     from rosbags.rosbag2 import Reader
 
     with Reader(path) as reader:
-        connections = [c for c in reader.connections if c.msgtype == ros.COMPRESSED_IMAGE]
+        connections = [c for c in reader.connections if c.msgtype in (ros.COMPRESSED_IMAGE, ros.RAW_IMAGE)]
         counts: dict[str, int] = {}
         for c in connections:
             counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
@@ -237,40 +245,61 @@ def _mcap_messages(f: BinaryIO, topics: list[str], start_ns: int | None, end_ns:
     yield from linear.iter_messages(topics=topics, starting_at=start_ns, ending_before=end_ns, log_time_order=False)
 
 
-ImageDecoder = Callable[[bytes], tuple[int, bytes, str]]  # message bytes -> (stamp ns, image bytes, format)
+Image = bytes | NDArray[np.uint8]
+ImageDecoder = Callable[[bytes], tuple[int, Image, str]]  # message bytes -> (stamp ns, image, format)
+
+
+def _pixels(msg: Any, data: bytes, *, big_endian: bool = False) -> tuple[Image, str]:
+    """An uncompressed image message's pixels as RGB (ROS's ``sensor_msgs/msg/Image``, Foxglove's RawImage)."""
+    rgb = raw_to_rgb(data, width=msg.width, height=msg.height, step=msg.step, encoding=msg.encoding, big_endian=big_endian)
+    return rgb, f"raw {msg.encoding}"
 
 
 def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> ImageDecoder:
     name = schema.name if schema is not None else ""
     where = f"{path}: topic {channel.topic!r}"
-    if name == ros.COMPRESSED_IMAGE and channel.message_encoding == ros.CDR_ENCODING:
+    if name in (ros.COMPRESSED_IMAGE, ros.RAW_IMAGE) and channel.message_encoding == ros.CDR_ENCODING:
         decode = ros_decoders.decoder_for(channel.message_encoding, schema)
         if decode is None:
             raise RecordingError(f"{where}: a {name} schema in {schema.encoding!r}, not the ros2msg this reads")
+        raw = name == ros.RAW_IMAGE
 
-        def from_ros(data: bytes) -> tuple[int, bytes, str]:
+        def from_ros(data: bytes) -> tuple[int, Image, str]:
             msg = decode(data)
-            return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, bytes(msg.data), str(msg.format)
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            if raw:
+                return stamp, *_pixels(msg, bytes(msg.data), big_endian=bool(msg.is_bigendian))
+            return stamp, bytes(msg.data), str(msg.format)
 
         return from_ros
-    if name == foxglove.COMPRESSED_IMAGE and channel.message_encoding == foxglove.JSON_MESSAGE_ENCODING:
+    if name in (foxglove.COMPRESSED_IMAGE, foxglove.RAW_IMAGE) and channel.message_encoding == foxglove.JSON_MESSAGE_ENCODING:
+        raw = name == foxglove.RAW_IMAGE
 
-        def from_json(data: bytes) -> tuple[int, bytes, str]:
+        def from_json(data: bytes) -> tuple[int, Image, str]:
             msg = json.loads(data)
-            return foxglove.time_ns_from_json(msg.get("timestamp")), base64.b64decode(msg["data"]), str(msg.get("format", ""))
+            stamp, pixels = foxglove.time_ns_from_json(msg.get("timestamp")), base64.b64decode(msg["data"])
+            if raw:
+                fields = SimpleNamespace(**{k: msg[k] for k in ("width", "height", "step", "encoding")})
+                return stamp, *_pixels(fields, pixels)
+            return stamp, pixels, str(msg.get("format", ""))
 
         return from_json
-    if name == foxglove.COMPRESSED_IMAGE and channel.message_encoding == foxglove.PROTOBUF_ENCODING:
+    if name in (foxglove.COMPRESSED_IMAGE, foxglove.RAW_IMAGE) and channel.message_encoding == foxglove.PROTOBUF_ENCODING:
         cls = foxglove.protobuf_message_class(name, bytes(schema.data))
+        raw = name == foxglove.RAW_IMAGE
 
-        def from_protobuf(data: bytes) -> tuple[int, bytes, str]:
+        def from_protobuf(data: bytes) -> tuple[int, Image, str]:
             msg = cls.FromString(data)
-            return msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos, bytes(msg.data), str(msg.format)
+            stamp = msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos
+            if raw:
+                return stamp, *_pixels(msg, bytes(msg.data))
+            return stamp, bytes(msg.data), str(msg.format)
 
         return from_protobuf
     raise RecordingError(
         f"{where}: {name or 'no schema'} in {channel.message_encoding!r} encoding is not an image this reads "
-        f"({ros.COMPRESSED_IMAGE} as cdr, {foxglove.COMPRESSED_IMAGE} as json or protobuf)"
+        f"({ros.COMPRESSED_IMAGE} or {ros.RAW_IMAGE} as cdr, {foxglove.COMPRESSED_IMAGE} or {foxglove.RAW_IMAGE} as json "
+        "or protobuf)"
     )
 
 
@@ -286,7 +315,10 @@ def _iter_rosbag2(recording: Recording, start_ns: int | None, end_ns: int | None
             try:  # as for MCAP: one message that does not parse skips its frame set, not the recording
                 msg = store.deserialize_cdr(raw, connection.msgtype)
                 stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                data = bytes(msg.data)
+                if connection.msgtype == ros.RAW_IMAGE:
+                    data, image_format = _pixels(msg, bytes(msg.data), big_endian=bool(msg.is_bigendian))
+                else:
+                    data, image_format = bytes(msg.data), str(msg.format)
             except Exception as exc:
                 yield undecodable.message(connection.topic, log_time, exc)
                 continue
@@ -297,5 +329,5 @@ def _iter_rosbag2(recording: Recording, start_ns: int | None, end_ns: int | None
                 capture_time_ns=stamp or log_time,
                 log_time_ns=log_time,
                 data=data,
-                format=str(msg.format),
+                format=image_format,
             )
