@@ -3,8 +3,9 @@
 
     recording = open_recording("drive.mcap", rig.camera_names)          # topics found by camera name
     for t0_ns, t1_ns in time_windows(recording, 60.0):                  # shards of about a minute
-    bounds = window_ns(recording, (12.5, 40.0))                         # 12.5 s to 40 s into it, in log time
         shard = replay_shard(recording, t0_ns, t1_ns, pipeline)         # the frame sets of [t0, t1)
+    bounds = window_ns(recording, (12.5, 40.0))                         # 12.5 s to 40 s into it, in log time
+    part = time_windows(recording, 60.0, bounds)                        # shards of that part only
 
 Depends on the runtime, the geometry and the class table; nothing below the command line depends on it.
 """

@@ -249,10 +249,19 @@ Image = bytes | NDArray[np.uint8]
 ImageDecoder = Callable[[bytes], tuple[int, Image, str]]  # message bytes -> (stamp ns, image, format)
 
 
-def _pixels(msg: Any, data: bytes, *, big_endian: bool = False) -> tuple[Image, str]:
-    """An uncompressed image message's pixels as RGB (ROS's ``sensor_msgs/msg/Image``, Foxglove's RawImage)."""
+def _pixels(msg: Any, data: Any, *, big_endian: bool = False) -> tuple[Image, str]:
+    """An uncompressed image message's pixels as RGB (ROS's ``sensor_msgs/msg/Image``, Foxglove's RawImage);
+    ``data`` is read in place (bytes or a uint8 array), not copied first."""
     rgb = raw_to_rgb(data, width=msg.width, height=msg.height, step=msg.step, encoding=msg.encoding, big_endian=big_endian)
     return rgb, f"raw {msg.encoding}"
+
+
+def _ros_image(msg: Any, raw: bool) -> tuple[int, Image, str]:
+    """A decoded ROS 2 ``CompressedImage`` or ``Image`` (``raw``): its stamp, its image, its format."""
+    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    if raw:
+        return stamp, *_pixels(msg, msg.data, big_endian=bool(msg.is_bigendian))
+    return stamp, bytes(msg.data), str(msg.format)
 
 
 def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> ImageDecoder:
@@ -265,11 +274,7 @@ def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> 
         raw = name == ros.RAW_IMAGE
 
         def from_ros(data: bytes) -> tuple[int, Image, str]:
-            msg = decode(data)
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            if raw:
-                return stamp, *_pixels(msg, bytes(msg.data), big_endian=bool(msg.is_bigendian))
-            return stamp, bytes(msg.data), str(msg.format)
+            return _ros_image(decode(data), raw)
 
         return from_ros
     if name in (foxglove.COMPRESSED_IMAGE, foxglove.RAW_IMAGE) and channel.message_encoding == foxglove.JSON_MESSAGE_ENCODING:
@@ -292,7 +297,7 @@ def _image_decoder(path: Path, schema: Any, channel: Any, ros_decoders: Any) -> 
             msg = cls.FromString(data)
             stamp = msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos
             if raw:
-                return stamp, *_pixels(msg, bytes(msg.data))
+                return stamp, *_pixels(msg, msg.data)
             return stamp, bytes(msg.data), str(msg.format)
 
         return from_protobuf
@@ -313,12 +318,9 @@ def _iter_rosbag2(recording: Recording, start_ns: int | None, end_ns: int | None
         connections = [c for c in reader.connections if c.topic in camera_of]
         for connection, log_time, raw in reader.messages(connections=connections, start=start_ns, stop=end_ns):
             try:  # as for MCAP: one message that does not parse skips its frame set, not the recording
-                msg = store.deserialize_cdr(raw, connection.msgtype)
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                if connection.msgtype == ros.RAW_IMAGE:
-                    data, image_format = _pixels(msg, bytes(msg.data), big_endian=bool(msg.is_bigendian))
-                else:
-                    data, image_format = bytes(msg.data), str(msg.format)
+                stamp, data, image_format = _ros_image(
+                    store.deserialize_cdr(raw, connection.msgtype), connection.msgtype == ros.RAW_IMAGE
+                )
             except Exception as exc:
                 yield undecodable.message(connection.topic, log_time, exc)
                 continue

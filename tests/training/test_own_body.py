@@ -15,16 +15,18 @@ from onnx import numpy_helper
 
 from bev_service.classes import CLASS_NAMES
 from bev_service.errors import ModelError
+from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.onnx_backend import OnnxSegmenter
 from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.runtime.weights import load_model
 from bev_service.training.config import OWN_BODY, PruneConfig
 from bev_service.training.data import ArraySource, FrameSet
 from bev_service.training.export import export_onnx
+from bev_service.training.prior import correct_prior
 from bev_service.training.prune import run_pruning
 from bev_service.training.quantize import quantize_onnx
 from bev_service.training.train import train
-from tests.networks import procedural_source
+from tests.networks import TINY_SIZE_HW, procedural_source
 from tests.training.test_train import tiny_run
 
 BODY_COLOUR = (250, 0, 250)  # a colour no procedural class has: only the body class can explain it
@@ -64,9 +66,22 @@ def test_the_body_class_is_trained_but_never_output(trained: Path) -> None:
     labels = TorchSegmenter(model, loaded.config, device="cpu").segment(frame_set.images).labels_numpy()
     np.testing.assert_array_equal(labels, np.where(every.numpy() == len(CLASS_NAMES), 0, every.numpy()))
     assert (labels[frame_set.body] == 0).mean() > 0.9, "folded into background"
-    # The prior correction moved the body's logit with background's: their contest is as trained.
-    offsets = loaded.info["prior_correction"]
-    assert "class_offsets" in offsets and len(offsets["class_offsets"]) == len(CLASS_NAMES)
+
+
+def test_the_prior_correction_moves_the_body_class_with_background() -> None:
+    config = ModelConfig(width=0.25, input_size_hw=TINY_SIZE_HW, folded_classes=(OWN_BODY,))
+    torch.manual_seed(0)
+    model = config.build().eval()
+    before = model.head.bias.detach().clone()
+    weights = torch.linspace(2.0, 40.0, config.head_classes)  # every class its own weight, background too (moved: -log 2)
+    chosen = correct_prior(model, weights, with_body(procedural_source(2, seed=2)), alphas=(1.0,))
+    moved = model.head.bias.detach() - before
+    assert chosen["alpha"] == 1.0 and len(chosen["class_offsets"]) == len(CLASS_NAMES)
+    assert float(moved[0]) == pytest.approx(-float(np.log(2.0)))
+    assert float(moved[len(CLASS_NAMES)]) == pytest.approx(float(moved[0])), "the body's contest with background kept"
+    assert not torch.allclose(moved[1 : len(CLASS_NAMES)], moved[:1].expand(len(CLASS_NAMES) - 1))
+    with pytest.raises(ValueError, match="expected 9 positive class weights"):
+        correct_prior(model, weights[: len(CLASS_NAMES)], with_body(procedural_source(1, seed=2)))
 
 
 def test_pruning_keeps_the_body_class_and_needs_the_same_body_rule(trained: Path, tmp_path: Path) -> None:
