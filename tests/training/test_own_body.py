@@ -108,7 +108,7 @@ def test_the_graphs_output_the_classes_and_keep_the_folding_float(trained: Path,
     reference = TorchSegmenter(loaded.model, loaded.config, device="cpu").segment(images).labels_numpy()
     exported = OnnxSegmenter(graph).segment(images).labels
     assert (exported == reference).mean() > 0.999
-    assert int(np.asarray(OnnxSegmenter(int8).segment(images).labels).max()) < len(CLASS_NAMES)
+    assert (np.asarray(OnnxSegmenter(int8).segment(images).labels) == exported).mean() > 0.95, "int8 labels as float"
     nodes = onnx.load(str(int8)).graph
     producers = {out: node for node in nodes.node for out in node.output}
     argmax = next(n for n in nodes.node if n.op_type == "ArgMax")
