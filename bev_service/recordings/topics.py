@@ -1,5 +1,6 @@
 """Which topic of a recording holds which camera of the rig: given (``front=/cam/front/compressed,...``) or found
-by name (the one image topic whose name contains the camera's name)."""
+by name (the one image topic whose name contains the camera's name; of a raw topic and its ``image_transport``
+companion, ``X`` and ``X/compressed``, the raw one)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,23 @@ def _words(topic: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", topic.lower()) if w]
 
 
+def _companions_as_one(candidates: list[str]) -> list[str]:
+    """``[X, X/compressed]`` (in either order) to ``[X]``; any other list unchanged."""
+    if len(candidates) == 2:
+        short, long = sorted(candidates, key=len)
+        if long == f"{short}/compressed":
+            return [short]
+    return candidates
+
+
 def match_topics(
     camera_names: Sequence[str], image_topics: Collection[str], given: Mapping[str, str] | None = None, *, source: str
 ) -> dict[str, str]:
     """{camera: topic} for every camera of the rig, in rig order. A camera the map ``given`` does not name takes the
     image topic that has its name as a word (``/cam/front/compressed``), else the one that contains it; none, or more
-    than one, is an error naming ``source``, the camera and the candidates."""
+    than one, is an error naming ``source``, the camera and the candidates. A raw topic and its compressed
+    ``image_transport`` companion (``/cam/front/image_raw`` and ``/cam/front/image_raw/compressed``) are one camera
+    published twice: the raw topic is taken, the camera's own pixels without the codec's loss."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(camera_names))
     if unknown:
@@ -52,7 +64,7 @@ def match_topics(
             continue
         key = camera.lower()
         as_word = [t for t in image_topics if key in _words(t)]
-        candidates = as_word or [t for t in image_topics if key in t.lower()]
+        candidates = _companions_as_one(as_word or [t for t in image_topics if key in t.lower()])
         if len(candidates) != 1:
             found = f"{len(candidates)} match: {', '.join(sorted(candidates))}" if candidates else "none matches"
             raise RecordingError(

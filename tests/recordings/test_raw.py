@@ -153,6 +153,29 @@ def test_raw_image_recordings_replay_to_the_grids_of_the_same_images_compressed(
     np.testing.assert_array_equal(grids, compressed_grids)
 
 
+def test_a_raw_topic_is_read_before_its_compressed_companion(
+    drive: Drive, tiny_weights: Path, compressed_grids: np.ndarray, tmp_path: Path
+) -> None:
+    """``image_transport`` publishes each camera twice, ``X`` and ``X/compressed``: no ``--topics`` is needed and the
+    raw topic is the one read (the companions here hold the drive's frames in reverse, so reading them would show)."""
+    recording = tmp_path / "both.mcap"
+    with CameraRecordingWriter(recording) as writer:
+        for index, images in enumerate(decoded_drive(drive)):
+            stamp = drive.stamp_ns(index)
+            for camera in CAMERAS:
+                writer.write_raw_image(camera, stamp, images[camera], "rgb8", log_time_ns=stamp + 1_000_000)
+                reversed_jpeg = drive.jpegs[FRAMES - 1 - index][camera]
+                companion = f"{image_raw_topic(camera)}/compressed"
+                writer.write_image(camera, stamp, reversed_jpeg, topic=companion, log_time_ns=stamp + 2_000_000)
+    opened = open_recording(recording, CAMERAS)
+    assert opened.topics == {c: image_raw_topic(c) for c in CAMERAS}
+    code, grids = replay_grids(recording, tmp_path / "out", tiny_weights)
+    assert code == 0
+    np.testing.assert_array_equal(grids, compressed_grids)
+    given = {c: f"{image_raw_topic(c)}/compressed" for c in CAMERAS}
+    assert open_recording(recording, CAMERAS, given).topics == given
+
+
 def test_a_rosbag2_of_raw_images_replays_too(
     drive: Drive, tiny_weights: Path, compressed_grids: np.ndarray, tmp_path: Path
 ) -> None:
