@@ -274,10 +274,12 @@ def _write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 def run_prune(args: argparse.Namespace) -> int:
     from bev_service.runtime.weights import load_model
-    from bev_service.training.prune import run_pruning
+    from bev_service.training.prune import kept_layers, run_pruning
 
     config = config_from_args(PruneConfig, args, command="prune")
-    report = run_pruning(config, *_sources(config, load_model(config.model).config.input_size_hw))
+    loaded = load_model(config.model)
+    kept_layers(loaded.model, config.keep)  # a misnamed layer fails before the frames are rendered
+    report = run_pruning(config, *_sources(config, loaded.config.input_size_hw))
     summary = {k: report[k] for k in ("macs_ratio", "params_ratio", "cpu_speedup", "miou_drop") if k in report}
     print(json.dumps({"before": _brief(report["before"]), "after": _brief(report["after"]), **summary}))
     return 0

@@ -158,6 +158,7 @@ class PruneConfig(RunConfig):
     model: str = "build/train/model.pt"
     out: str = "build/prune/model.pt"
     ratio: float = 0.4  # 3.1x fewer MACs for the default network (channel counts round down to multiples of 8)
+    keep: str = ""  # comma-separated layers ("initial", "stage1.0.reduce") kept at full width, with the channels tied to them
     iterative_steps: int = 3
     finetune_steps: int = 500  # after every pruning step
     final_finetune_steps: int = 0  # more after the last step, in the same schedule (the pruned network's own training)

@@ -7,9 +7,10 @@ How to run:
 Torch-Pruning (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023) groups the
 layers whose channels must go together (a residual trunk, a conv with its batch norm and its
 consumer) and ranks each group's channels by the L1 norm of their weights (``GroupMagnitudeImportance(p=1)``).
-``iterative_steps`` steps each remove a further share of every group up to ``ratio``, with channel
-counts rounded down to multiples of 8 (never below 8), and fine-tune in between (``final_finetune_steps``
-more after the last step) on the class-weighted loss, with the settings of ``PruneConfig.finetune_config``.
+``iterative_steps`` steps each remove a further share of every group up to ``ratio`` (but the groups of the
+layers named in ``keep``), with channel counts rounded down to multiples of 8 (never below 8), and fine-tune in
+between (``final_finetune_steps`` more after the last step) on the class-weighted loss, with the settings of
+``PruneConfig.finetune_config``.
 The class head is kept; the prior correction (``prior.py``) is chosen again at the end. The pruned
 channel table goes into the model config, so the pruned network reloads from a weights-only file.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch_pruning as tp
+from torch import nn
 from tqdm import tqdm
 
 from bev_service.errors import ModelError
-from bev_service.runtime.enet import ENet, on_device
+from bev_service.runtime.enet import ConvBN, ENet, on_device
 from bev_service.runtime.model_config import ModelConfig
 from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.runtime.weights import load_model, save_model
@@ -54,10 +56,32 @@ class KeepingPruner(tp.pruner.BasePruner):
         return max(0, min(int(n), current_channels - round_to))
 
 
+def kept_layers(model: ENet, names: str) -> list[nn.Module]:
+    """The convolutions of the comma-separated layer ``names`` ("initial", "stage1.0.reduce"): pruning leaves their
+    output channels, and every channel tied to them (a residual trunk, a skip), at full width."""
+    modules = dict(model.named_modules())
+    kept: list[nn.Module] = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        module = modules.get(name)
+        conv = getattr(module, "conv", module)
+        if not isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
+            layers = [n for n, m in modules.items() if isinstance(m, ConvBN)]
+            raise ModelError(f"cannot keep {name!r}: not a convolution of the network (its layers: {', '.join(layers)})")
+        kept.append(conv)
+    return kept
+
+
 def prune_network(
-    model: ENet, input_size_hw: tuple[int, int], *, ratio: float, iterative_steps: int, after_step: Callable[[int], None]
+    model: ENet,
+    input_size_hw: tuple[int, int],
+    *,
+    ratio: float,
+    iterative_steps: int,
+    after_step: Callable[[int], None],
+    keep: Sequence[nn.Module] = (),
 ) -> ENet:
-    """Prune ``model`` in place in ``iterative_steps`` steps, calling ``after_step(k)`` after each."""
+    """Prune ``model`` in place in ``iterative_steps`` steps, calling ``after_step(k)`` after each; the layers ``keep``
+    (``kept_layers``) and the class head keep their channels."""
     device = next(model.parameters()).device
     example = torch.zeros((1, model.in_channels, *input_size_hw), device=device)
     pruner = KeepingPruner(
@@ -67,7 +91,7 @@ def prune_network(
         pruning_ratio=ratio,
         iterative_steps=iterative_steps,
         round_to=ROUND_TO,
-        ignored_layers=[model.head],
+        ignored_layers=[model.head, *keep],
     )
     for k in range(iterative_steps):
         pruner.step()
@@ -122,6 +146,7 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
             f"{config.model} has training-only classes {list(model_config.folded_classes)}, but --body {config.body} "
             f"teaches {list(config.folded_classes)}: prune with the --body it was trained with"
         )
+    keep = kept_layers(model, config.keep)
     train_source = body_rule(config, train_source)
     val_source = None if val_source is None else body_rule(config, val_source)
     before = measure(model, model_config, val_source, batch=config.latency_batch, repeats=config.latency_repeats)
@@ -146,7 +171,12 @@ def run_pruning(config: PruneConfig, train_source: FrameSource, val_source: Fram
         on_device(model, "cpu", channels_last=False).eval()
 
     prune_network(
-        model, model_config.input_size_hw, ratio=config.ratio, iterative_steps=config.iterative_steps, after_step=after_step
+        model,
+        model_config.input_size_hw,
+        ratio=config.ratio,
+        iterative_steps=config.iterative_steps,
+        after_step=after_step,
+        keep=keep,
     )
     pruned_config = model_config.with_channels(model)
     prior = None

@@ -61,6 +61,8 @@ def test_train_eval_prune_on_a_synth_folder(synth_folder: Path, tmp_path: Path, 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["macs_ratio"] > 1.0 and summary["after"]["params"] < summary["before"]["params"]
     assert load_model(pruned).info["prune_report"]["macs_ratio"] == summary["macs_ratio"]
+    assert main([*prune, "--keep", "initial,stage9", *data]) == 2
+    assert "cannot keep 'stage9': not a convolution of the network" in capsys.readouterr().err
 
 
 def test_eval_at_the_frame_size_scores_a_smaller_network_against_the_folders_labels(

@@ -7,13 +7,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from bev_service.errors import ModelError
 from bev_service.runtime.enet import default_channels
 from bev_service.runtime.torch_backend import TorchSegmenter
 from bev_service.runtime.weights import load_model, save_model
 from bev_service.training.config import PruneConfig
-from bev_service.training.prune import ROUND_TO, prune_network, run_pruning
+from bev_service.training.prune import ROUND_TO, kept_layers, prune_network, run_pruning
 from tests.networks import TINY, TINY_SIZE_HW, procedural_source, random_images, tiny_model
 
 HALF = replace(TINY, width=0.5)  # wide enough that every group has channels to lose
@@ -53,6 +55,22 @@ def test_no_layer_is_emptied_at_a_high_ratio() -> None:
     assert min(flat_counts(model.channel_spec()).values()) == ROUND_TO
     with torch.no_grad():
         assert model(torch.rand(1, 3, *TINY_SIZE_HW)).shape == (1, HALF.num_classes, *TINY_SIZE_HW)
+
+
+def test_kept_layers_keep_their_channels_and_those_tied_to_them() -> None:
+    """``--keep initial``: the initial block keeps its 16 channels, and so does the half-resolution decoder, which
+    its skip ties to it (stage 5's trunk, read from the classifier's input); everything else is pruned."""
+    model = tiny_model(config=replace(TINY, width=1.0))
+    before = flat_counts(model.channel_spec())
+    kept = kept_layers(model, "initial")
+    prune_network(model, TINY_SIZE_HW, ratio=0.5, iterative_steps=1, after_step=lambda k: None, keep=kept)
+    after = flat_counts(model.channel_spec())
+    assert after["initial[0]"] == before["initial[0]"] == 16 and model.head.in_channels == 16
+    assert after["stage1[0]"] < before["stage1[0]"] and after["stage2[0]"] < before["stage2[0]"]
+    assert after["stage2.1[0]"] < before["stage2.1[0]"]
+    with pytest.raises(ModelError, match=r"cannot keep 'stage9': not a convolution of the network \(its layers: initial, "):
+        kept_layers(model, "initial, stage9")
+    assert kept_layers(model, "") == [] and kept_layers(model, "stage1.0.reduce") == [model.stage1[0].reduce.conv]
 
 
 def test_run_pruning_fine_tunes_and_reports_before_and_after(tmp_path: Path) -> None:
