@@ -14,8 +14,10 @@ Rigs: every replica reads and writes one ``rigs_dir`` (a folder on shared storag
 a PUT stores the file under a lock and each replica re-reads the folder when it changed, before it answers, so
 a rig PUT on one replica is served by every replica from the next request on.
 
-Every reply says which replica answered in ``X-Bev-Instance`` (``<replica id>@<host>:<pid>``). Ray and Serve
-are imported only when this engine runs.
+Every reply says which replica answered in ``X-Bev-Instance`` (``<replica id>@<host>:<pid>``). ``/metrics`` is the
+replica that answered; ``/metrics/fleet`` on any replica is every live replica's, each sample labelled with its
+replica: each pushes its metrics every ``REPORT_PERIOD_S`` to one actor of the command's (``MetricsHub``), which
+forgets a replica silent for ``STALE_AFTER_S``. Ray and Serve are imported only when this engine runs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ READY_TIMEOUT_S = 300.0  # a replica's model load, tables and warm-up, on a busy
 HEALTH_PERIOD_S = 5.0
 # Requests a replica holds at once beyond its own queue: probes and rig reads, which never wait for the network.
 SPARE_ONGOING = 8
+
+
+HUB_NAME, HUB_NAMESPACE = "bev-metrics-hub", "bev"
+REPORT_PERIOD_S = 2.0  # how often a replica pushes its metrics to the hub
+STALE_AFTER_S = 10.0  # a replica that has not reported for this long (dead, or its node lost) leaves /metrics/fleet
 
 
 class FleetError(BevError):
@@ -113,6 +120,74 @@ def instance_name(replica_id: str) -> str:
     return f"{replica_id}@{socket.gethostname()}:{os.getpid()}"
 
 
+class MetricsHub:
+    """A Ray actor the command owns: the latest ``/metrics`` text of every replica, as each pushes it."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[float, bytes]] = {}
+
+    def report(self, replica: str, text: bytes) -> None:
+        self._latest[replica] = (time.monotonic(), text)
+
+    def forget(self, replica: str) -> None:
+        self._latest.pop(replica, None)
+
+    def texts(self, max_age_s: float) -> dict[str, bytes]:
+        """What every replica heard from within ``max_age_s`` last reported; the others are forgotten."""
+        now = time.monotonic()
+        self._latest = {r: (at, text) for r, (at, text) in self._latest.items() if now - at <= max_age_s}
+        return {r: text for r, (_, text) in self._latest.items()}
+
+
+def start_hub() -> Any:
+    """The fleet's ``MetricsHub`` (no CPU reserved), created by the command before its replicas and gone with it."""
+    import ray
+
+    hub = ray.remote(num_cpus=0)(MetricsHub)
+    return hub.options(name=HUB_NAME, namespace=HUB_NAMESPACE, get_if_exists=True).remote()
+
+
+class HubMetrics:
+    """A replica's side of the hub (``ReplicaMetrics``): pushes ``render()`` from a daemon thread every
+    ``REPORT_PERIOD_S``, without waiting for the hub, and reads every replica's."""
+
+    def __init__(self, hub: Any, replica: str, render: Callable[[], bytes]) -> None:
+        self.hub, self.replica, self.render = hub, replica, render
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._push, name="bev-metrics-push", daemon=True)
+        self._thread.start()
+
+    def _push(self) -> None:
+        while True:
+            try:
+                self.hub.report.remote(self.replica, self.render())
+            except Exception as exc:  # the hub gone (the command stopping): the replica serves on
+                log.debug("could not report metrics to the hub: %s", exc)
+            if self._stop.wait(REPORT_PERIOD_S):
+                return
+
+    async def texts(self) -> dict[str, bytes]:
+        texts: dict[str, bytes] = await self.hub.texts.remote(STALE_AFTER_S)
+        return texts
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.hub.forget.remote(self.replica)
+        except Exception as exc:
+            log.debug("could not leave the hub: %s", exc)
+
+
+def find_hub() -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE)
+    except ValueError:
+        log.warning("no %s actor in namespace %s: /metrics/fleet shows this replica only", HUB_NAME, HUB_NAMESPACE)
+        return None
+
+
 class BevReplica:
     """One replica: the app ``create_app`` makes, built in the replica's process (its threads, model and tables
     cannot travel), and a health check that holds the replica back from traffic until the app is ready."""
@@ -123,12 +198,23 @@ class BevReplica:
         replica_id = serve.get_replica_context().replica_id.unique_id
         self.settings = Settings(**{**fields, "instance_name": instance_name(replica_id)})
         self._service: Any = None  # the FastAPI app (Serve's wrapper owns the name `app`)
+        self._metrics: HubMetrics | None = None
 
     def __serve_build_asgi_app__(self) -> Any:
         from bev_service.service.app import create_app
 
         self._service = create_app(self.settings)
+        hub = find_hub()
+        if hub is not None:
+            state = self._service.state.bev
+            self._metrics = HubMetrics(hub, self.settings.instance_name or "", state.render_metrics)
+            state.replicas = self._metrics
         return self._service
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown of the replica: it leaves the hub at once."""
+        if self._metrics is not None:
+            self._metrics.close()
 
     async def check_health(self) -> None:
         """Waits (the first time) until the app is ready; raises when it cannot be: Serve then replaces it."""
@@ -209,8 +295,10 @@ def serve_fleet(
     stop = stop if stop is not None else threading.Event()
     began = time.perf_counter()
     started_here = start_ray(options)
+    import ray
     from ray import serve
 
+    hub = start_hub()
     try:
         serve.start(
             http_options={
@@ -231,6 +319,8 @@ def serve_fleet(
                 signal.signal(sig, handler)
     finally:
         _tear_down(started_here)
+        if not started_here:  # a Ray this call started took the hub with it
+            ray.kill(hub)
 
 
 def _tear_down(started_here: bool) -> None:

@@ -27,7 +27,7 @@ from bev_service.runtime.pipeline import BevPipeline, BevResult, input_sizes
 from bev_service.runtime.segmenter import Segmenter, cuda_available, load_segmenter
 from bev_service.service.demo import DemoDrive
 from bev_service.service.engine import Engine
-from bev_service.service.metrics import Metrics
+from bev_service.service.metrics import Metrics, ReplicaMetrics
 from bev_service.service.rigs import RigLimits, RigStore
 from bev_service.service.settings import Settings
 
@@ -71,6 +71,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.replicas: ReplicaMetrics | None = None  # the fleet's other replicas (set by ray_serve), for /metrics/fleet
         self.ready = threading.Event()
         self.error: str | None = None
         self.segmenter: Segmenter | None = None
@@ -82,6 +83,12 @@ class ServiceState:
         self.foxglove: FoxglovePublisher | None = None
         self._closing = threading.Event()
         self._loader = threading.Thread(target=self._load, name="bev-load", daemon=True)
+
+    def render_metrics(self) -> bytes:
+        """This app's metrics, the queue depth as of now."""
+        if self.engine is not None:
+            self.metrics.queue_depth.set(self.engine.depth())
+        return self.metrics.render()
 
     def start(self) -> None:
         self.start_foxglove()

@@ -406,7 +406,7 @@ def test_every_v1_route_needs_the_token(guarded: LiveServer, image_files: Files)
                 assert let_in.status_code != 401, (method, url)
                 read_only = method in ("PUT", "DELETE") and let_in.status_code == 409  # the served rig file
                 assert let_in.status_code < 400 or read_only or url.startswith("/v1/demo/frames/99"), (method, url, let_in.text)
-        for open_path in ("/healthz", "/readyz", "/metrics"):
+        for open_path in ("/healthz", "/readyz", "/metrics", "/metrics/fleet"):
             assert client.get(open_path).status_code == 200, open_path
 
 

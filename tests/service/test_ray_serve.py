@@ -22,11 +22,13 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from bench.service import ServerProcess, stream_connect, stream_round_trip
 from bev_service.client import BevClient, StreamClient, decode_grid_png
+from bev_service.service.ray_serve import REPORT_PERIOD_S
 from bev_service.synth import RenderedFrameSet
 from tests.conftest import DEFAULT_RIG
 from tests.live_server import LiveServer
@@ -131,6 +133,31 @@ def test_requests_spread_over_both_replicas(fleet: ServerProcess, image_files: F
     # Serve's proxy gives each reply its one request id; the replica does not add a second.
     reply = next(iter(seen.values()))[0]
     assert len(reply.headers.get_list("x-request-id")) == 1, reply.headers
+
+
+def fleet_frame_sets(fleet: ServerProcess) -> tuple[dict[str, float], float]:
+    """``/metrics/fleet``'s REST frame sets by replica, and how many replicas it says it holds."""
+    text = httpx.get(fleet.url + "/metrics/fleet", timeout=30).text
+    found = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    counts = {s.labels["replica"]: s.value for s in found if s.name == "bev_frame_sets_total" and s.labels["source"] == "rest"}
+    return counts, next(s.value for s in found if s.name == "bev_fleet_replicas")
+
+
+def test_fleet_metrics_count_every_replicas_frame_sets(fleet: ServerProcess, image_files: Files) -> None:
+    """Any replica's /metrics/fleet holds both replicas, each labelled as its replies name it, and counts
+    every frame set answered once the replicas have reported (every REPORT_PERIOD_S)."""
+    time.sleep(REPORT_PERIOD_S + 1)  # what earlier tests sent has been reported
+    before, _ = fleet_frame_sets(fleet)
+    seen = replies_by_instance(fleet, image_files, 16)
+    assert all(r.status_code == 200 for replies in seen.values() for r in replies)
+    deadline = time.monotonic() + 6 * REPORT_PERIOD_S
+    while True:
+        after, replicas = fleet_frame_sets(fleet)
+        if sum(after.values()) - sum(before.values()) == 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert replicas == REPLICAS and len(after) == REPLICAS, after
+    assert {name: after[name] - before.get(name, 0.0) for name in seen} == {name: len(r) for name, r in seen.items()}
 
 
 def test_a_rig_put_on_one_replica_reaches_every_replica(fleet: ServerProcess, image_files: Files) -> None:

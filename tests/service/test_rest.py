@@ -10,7 +10,7 @@ import io
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bev_service.calib.rigfile import rig_from_yaml
 from bev_service.classes import CLASSES, NUM_CLASSES, palette
@@ -214,6 +216,11 @@ def test_health_and_readiness(server: LiveServer) -> None:
     assert ready.status_code == 200 and ready.json() == {"ready": True}
 
 
+def samples(text: str) -> Iterator[Sample]:
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
+
+
 def frame_sets_total(base: str, source: str) -> float:
     text = httpx.get(f"{base}/metrics").text
     match = re.search(rf'^bev_frame_sets_total\{{source="{source}"\}} (\S+)$', text, re.MULTILINE)
@@ -231,6 +238,21 @@ def test_metrics_count_frame_sets(server: LiveServer, image_files: Files) -> Non
     for name in ("bev_http_requests_total", "bev_stage_seconds_bucket", "bev_queue_depth", "bev_stream_dropped_total"):
         assert re.search(rf"^{name}[{{ ]", text, re.MULTILINE), f"{name} missing from /metrics"
     assert re.search(r'^bev_stage_seconds_count\{stage="segment"\} [1-9]', text, re.MULTILINE)
+
+
+def test_fleet_metrics_of_a_single_process_are_its_own_labelled_with_it(server: LiveServer, image_files: Files) -> None:
+    post_bev(server.base_url, image_files)
+    own = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(httpx.get(server.url("/metrics")).text)}
+    reply = httpx.get(server.url("/metrics/fleet"))
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    fleet = list(samples(reply.text))
+    assert [s.value for s in fleet if s.name == "bev_fleet_replicas"] == [1.0]
+    replicas = {s.labels.get("replica") for s in fleet if s.name != "bev_fleet_replicas"}
+    assert len(replicas) == 1 and None not in replicas
+    labelled = {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "replica"))): s.value for s in fleet}
+    counted = [k for k in own if k[0] == "bev_frame_sets_total"]
+    assert counted and all(labelled[k] == own[k] for k in counted)  # nothing answered between the two reads
+    assert set(own) <= set(labelled)  # every series of the process, under its replica's name
 
 
 def test_not_ready_without_a_model(settings_for: Callable[..., Any], tmp_path: Path, image_files: Files) -> None:

@@ -1,16 +1,21 @@
-"""``/healthz`` (alive), ``/readyz`` (loaded and warmed up) and ``/metrics``: open, no token."""
+"""``/healthz`` (alive), ``/readyz`` (loaded and warmed up), ``/metrics`` (this process) and ``/metrics/fleet``
+(every replica of a fleet, each sample labelled with its replica): open, no token."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bev_service.service.deps import State
+from bev_service.service.metrics import merge_replicas
 from bev_service.service.schemas import Health, NotReady, Readiness
 
 router = APIRouter(tags=["health"])
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -38,6 +43,18 @@ async def readyz(state: State) -> Readiness | JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(state: State) -> Response:
-    if state.engine is not None:
-        state.metrics.queue_depth.set(state.engine.depth())
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(state.render_metrics(), media_type=PROMETHEUS_TEXT)
+
+
+@router.get(
+    "/metrics/fleet",
+    summary="Prometheus metrics of every replica, each sample labelled replica",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def fleet_metrics(state: State) -> Response:
+    """Under ``bev serve --engine ray``, what each live replica last reported (every few seconds) and this one's
+    as of now; a single process is a fleet of one."""
+    texts = await state.replicas.texts() if state.replicas is not None else {}
+    texts[state.settings.instance_name or f"{socket.gethostname()}:{os.getpid()}"] = state.render_metrics()
+    return Response(merge_replicas(texts), media_type=PROMETHEUS_TEXT)
