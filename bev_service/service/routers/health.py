@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -16,6 +17,10 @@ from bev_service.service.schemas import Health, NotReady, Readiness
 
 router = APIRouter(tags=["health"])
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+AS_TEXT: dict[str, Any] = {
+    "response_class": PlainTextResponse,
+    "responses": {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+}
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -39,8 +44,7 @@ async def readyz(state: State) -> Readiness | JSONResponse:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    **AS_TEXT,
 )
 async def metrics(state: State) -> Response:
     return Response(state.render_metrics(), media_type=PROMETHEUS_TEXT)
@@ -49,8 +53,7 @@ async def metrics(state: State) -> Response:
 @router.get(
     "/metrics/fleet",
     summary="Prometheus metrics of every replica, each sample labelled replica",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    **AS_TEXT,
 )
 async def fleet_metrics(state: State) -> Response:
     """Under ``bev serve --engine ray``, what each live replica last reported (every few seconds) and this one's
