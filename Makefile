@@ -74,7 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.load
 
-# Trains, prunes, exports, quantizes and evaluates the shipped network (about 100 min on 2 idle cores:
+# Trains, prunes, exports, quantizes and evaluates the shipped network (about 125 min on 2 idle cores:
 # $(MODELS)/README.md). The evaluation drive (seed 200000) is a world no training or validation frame set
 # comes from. --resume picks an interrupted run up where its last checkpoint left it.
 EVAL_DRIVE := $(BUILD)/eval-drive

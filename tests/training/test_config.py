@@ -40,7 +40,7 @@ OLD_TRAIN_FLAGS = [
     "--resume",
 ]
 OLD_PRUNE_FLAGS = [*DATA_FLAGS, "--model", "build/train/model.pt", "--out", "build/prune/model.pt", "--ratio", "0.4"]
-OLD_PRUNE_FLAGS += ["--final-finetune-steps", "3000", "--precision", "fp32", "--threads", "2", "--render-cache", "c"]
+OLD_PRUNE_FLAGS += ["--final-finetune-steps", "8000", "--precision", "fp32", "--threads", "2", "--render-cache", "c"]
 
 
 def parsed(command: str, *argv: str) -> TrainConfig | PruneConfig:
@@ -93,7 +93,7 @@ def test_pruning_fine_tunes_with_its_shared_settings() -> None:
 def test_stored_flat_configs_still_load() -> None:
     report = json.loads((MODELS / "enet-pruned-report.json").read_text())
     config = PruneConfig.from_dict(report["config"])  # it stores the removed distill settings, unused
-    assert (config.ratio, config.final_finetune_steps, config.lr, config.seed) == (0.4, 3000, 6e-3, 0)
+    assert (config.ratio, config.final_finetune_steps, config.lr, config.seed) == (0.4, 8000, 6e-3, 0)
     assert asdict(PruneConfig.from_dict(asdict(config))) == asdict(config)
     assert TrainConfig.from_dict({**asdict(TrainConfig(steps=5)), "lovasz": 0.0, "focus_unit": "pixel"}).steps == 5
     with pytest.raises(ValueError, match="no longer supported"):
